@@ -1,0 +1,54 @@
+"""ccexec: run code blocks as files in fresh processes, on this host or in a Docker container.
+
+Standard library only. The names match AutoGen's command-line code executors, so switching
+is an import change.
+"""
+
+from __future__ import annotations
+
+from .blocks import CodeBlock, Language
+from .errors import (
+    CcexecError,
+    ContainerGoneError,
+    DockerError,
+    DockerNotFoundError,
+    DockerTimeoutError,
+    EnginePermissionError,
+    EngineUnavailableError,
+    ExecutionTimeoutError,
+    FunctionSetupError,
+    ImageNotFoundError,
+    InterpreterNotFoundError,
+    InvalidArgumentError,
+    VirtualEnvError,
+)
+from .local import LocalCommandLineCodeExecutor
+from .markdown import extract_code_blocks
+from .results import BlockResult, CodeResult, CommandLineCodeResult
+from .venv import create_virtual_env
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlockResult",
+    "CcexecError",
+    "CodeBlock",
+    "CodeResult",
+    "CommandLineCodeResult",
+    "ContainerGoneError",
+    "DockerError",
+    "DockerNotFoundError",
+    "DockerTimeoutError",
+    "EnginePermissionError",
+    "EngineUnavailableError",
+    "ExecutionTimeoutError",
+    "FunctionSetupError",
+    "ImageNotFoundError",
+    "InterpreterNotFoundError",
+    "InvalidArgumentError",
+    "Language",
+    "LocalCommandLineCodeExecutor",
+    "VirtualEnvError",
+    "create_virtual_env",
+    "extract_code_blocks",
+]

@@ -1,0 +1,166 @@
+"""Code blocks, the languages that run them, and where each block's file goes."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Mapping, Sequence
+
+#: Placeholder in a language command for "the Python interpreter of this executor".
+PYTHON = "{python}"
+#: Placeholder in a language command for the code file; appended when absent.
+FILE = "{file}"
+
+
+@dataclass
+class CodeBlock:
+    """A block of code and the language tag it was written with."""
+
+    code: str
+    language: str
+
+
+@dataclass(frozen=True)
+class Language:
+    """How to run a file of one language: its extension and the command before the file.
+
+    ``command`` items are passed as separate arguments (never through a shell). ``{python}``
+    stands for the executor's interpreter (the venv's, ``sys.executable``, or ``python`` in a
+    container) and ``{file}`` for the code file, which is appended when no item names it.
+    """
+
+    extension: str
+    command: tuple[str, ...]
+
+    def argv(self, file: str, python: str) -> list[str]:
+        """Return the argv that runs ``file``."""
+        args = [python if part == PYTHON else part for part in self.command]
+        if FILE not in args:
+            return [*args, file]
+        return [file if part == FILE else part for part in args]
+
+
+_PYTHON = Language("py", (PYTHON,))
+_SH = Language("sh", ("sh",))
+_PWSH = Language("ps1", ("pwsh", "-NoLogo", "-NonInteractive", "-File"))
+
+#: The languages every executor knows, by lower-case tag (aliases included).
+DEFAULT_LANGUAGES: Mapping[str, Language] = {
+    "python": _PYTHON,
+    "py": _PYTHON,
+    "python3": _PYTHON,
+    "bash": Language("sh", ("bash",)),
+    "sh": _SH,
+    "shell": _SH,
+    "pwsh": _PWSH,
+    "powershell": _PWSH,
+    "ps1": _PWSH,
+}
+
+
+def language_table(extra: Mapping[str, Language] | None) -> dict[str, Language]:
+    """Merge user languages over the defaults; tags are matched case-insensitively."""
+    table = dict(DEFAULT_LANGUAGES)
+    for tag, language in (extra or {}).items():
+        if not isinstance(language, Language):
+            raise TypeError(f"languages[{tag!r}] must be a ccexec.Language, not {type(language).__name__}")
+        if not tag.strip() or any(ch.isspace() for ch in tag.strip()):
+            raise ValueError(f"language tag {tag!r} must be one word")
+        if not language.command:
+            raise ValueError(f"languages[{tag!r}].command is empty")
+        table[tag.strip().lower()] = language
+    return table
+
+
+def normalize_tag(tag: str) -> str:
+    """Return the lookup form of a block's language tag (``Python `` -> ``python``)."""
+    return tag.strip().lower()
+
+
+# `# filename: a b.py`, `// filename: x.js`, `<!-- filename: x.html -->`, `/* filename: x */`,
+# `-- filename: q.sql`. The keyword is required: AutoGen's legacy form took any first-line
+# comment as a name. Everything after the first colon is the name, so `c:d.txt` survives.
+_FILENAME_RE = re.compile(
+    r"^\s*(?:#|//|--|;|<!--|/\*)\s*filename\s*:\s*(?P<name>.+?)\s*(?:-->|\*/)?\s*$",
+    re.IGNORECASE,
+)
+
+
+def requested_filename(code: str) -> str | None:
+    """Return the name given by a ``# filename:`` first line, or None."""
+    first = code.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
+    match = _FILENAME_RE.match(first)
+    if match is None:
+        return None
+    name = match.group("name").strip().strip("\"'`").strip()
+    return name or None
+
+
+class FilenameOutsideWorkspace(ValueError):
+    """A ``# filename:`` resolves outside the work dir (reported as exit 1, not raised)."""
+
+
+def host_code_path(name: str, work_dir: str) -> str:
+    """Resolve a requested name inside ``work_dir`` on this host, following symlinks.
+
+    Raises FilenameOutsideWorkspace for names that are empty, contain NUL, or resolve outside.
+    """
+    if not name or "\x00" in name:
+        raise FilenameOutsideWorkspace(name)
+    root = os.path.realpath(work_dir)
+    path = os.path.realpath(os.path.join(root, name))
+    if path == root or not path.startswith(root.rstrip(os.sep) + os.sep):
+        raise FilenameOutsideWorkspace(name)
+    return path
+
+
+def container_relative_path(name: str, root: str) -> str:
+    """Return ``name`` relative to the POSIX ``root`` (the container's work dir), lexically.
+
+    The container side resolves symlinks again before it writes; this is the first check.
+    """
+    if not name or "\x00" in name:
+        raise FilenameOutsideWorkspace(name)
+    path = PurePosixPath(name)
+    if not path.is_absolute():
+        path = PurePosixPath(root) / path
+    parts: list[str] = []
+    for part in path.parts[1:]:
+        if part == "..":
+            if not parts:
+                raise FilenameOutsideWorkspace(name)
+            parts.pop()
+        elif part != ".":
+            parts.append(part)
+    root_parts = list(PurePosixPath(root).parts[1:])
+    if parts[: len(root_parts)] != root_parts or len(parts) == len(root_parts):
+        raise FilenameOutsideWorkspace(name)
+    return "/".join(parts[len(root_parts) :])
+
+
+def generated_filename(code: str, extension: str) -> str:
+    """Return a fresh file name for a block: unique even when the same code runs twice at once."""
+    # A content hash (as AutoGen names files) alone collides under concurrency; add randomness.
+    import hashlib
+
+    digest = hashlib.sha256(code.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"tmp_code_{digest}_{os.urandom(4).hex()}.{extension}"
+
+
+def coerce_blocks(code_blocks: Sequence[object]) -> list[CodeBlock]:
+    """Accept ccexec CodeBlocks or any object with ``code`` and ``language`` (AutoGen's)."""
+    if isinstance(code_blocks, (str, bytes)):
+        raise TypeError("code_blocks must be a list of CodeBlock, not a string")
+    blocks = []
+    for index, block in enumerate(code_blocks):
+        code = getattr(block, "code", None)
+        language = getattr(block, "language", None)
+        if not isinstance(code, str) or not isinstance(language, str):
+            raise TypeError(
+                f"code_blocks[{index}] must have str 'code' and 'language' attributes "
+                f"(a ccexec.CodeBlock), got {type(block).__name__}"
+            )
+        blocks.append(block if isinstance(block, CodeBlock) else CodeBlock(code, language))
+    return blocks
