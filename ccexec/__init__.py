@@ -22,6 +22,7 @@ from .errors import (
     InvalidArgumentError,
     VirtualEnvError,
 )
+from .docker import DockerCommandLineCodeExecutor
 from .local import LocalCommandLineCodeExecutor
 from .markdown import extract_code_blocks
 from .results import BlockResult, CodeResult, CommandLineCodeResult
@@ -36,6 +37,7 @@ __all__ = [
     "CodeResult",
     "CommandLineCodeResult",
     "ContainerGoneError",
+    "DockerCommandLineCodeExecutor",
     "DockerError",
     "DockerNotFoundError",
     "DockerTimeoutError",

@@ -111,19 +111,27 @@ class BaseCommandLineExecutor:
 
     def stop(self) -> None:
         """Stop running blocks (their processes are killed) and remove a temporary work dir."""
-        with self._lock:
-            running = list(self._running)
-        for cancel in running:
-            cancel.set()
+        self._cancel_running()
+        self._close_engine()
         with self._lock:
             if self._temp_dir is not None:
                 self._temp_dir.cleanup()
                 self._temp_dir = None
 
     def restart(self) -> None:
-        """Stop, then start again."""
-        self.stop()
+        """Kill running blocks and start afresh, keeping the work dir."""
+        self._cancel_running()
+        self._close_engine()
         self.start()
+
+    def _cancel_running(self) -> None:
+        with self._lock:
+            running = list(self._running)
+        for cancel in running:
+            cancel.set()
+
+    def _close_engine(self) -> None:
+        """Release what start() acquired beyond the work dir (a container); none locally."""
 
     def __enter__(self) -> Self:
         self.start()
