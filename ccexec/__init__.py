@@ -7,6 +7,7 @@ is an import change.
 from __future__ import annotations
 
 from .blocks import CodeBlock, Language
+from .docker import DockerCommandLineCodeExecutor
 from .errors import (
     CcexecError,
     ContainerGoneError,
@@ -22,7 +23,6 @@ from .errors import (
     InvalidArgumentError,
     VirtualEnvError,
 )
-from .docker import DockerCommandLineCodeExecutor
 from .local import LocalCommandLineCodeExecutor
 from .markdown import extract_code_blocks
 from .results import BlockResult, CodeResult, CommandLineCodeResult

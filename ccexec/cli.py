@@ -45,7 +45,25 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--language", help="language of a script whose suffix does not tell")
     run.add_argument("--json", action="store_true", help="print the result as JSON instead of streaming output")
     run.set_defaults(handler=_run)
+    gc = commands.add_parser(
+        "gc",
+        help="remove ccexec containers whose owner process is gone",
+        description="Remove containers labelled by ccexec on this host whose owner process no longer runs "
+        "(left by a crash). Never touches other containers.",
+    )
+    gc.add_argument("--docker", default="docker", help="client command (default: docker; e.g. podman)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    gc.set_defaults(handler=_gc)
     return parser
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from .docker import collect_garbage
+
+    removed = collect_garbage(args.docker, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {len(removed)} orphaned ccexec container(s)" + "".join(f"\n  {name}" for name in removed))
+    return 0
 
 
 def _read_blocks(path: str, language: str | None) -> list[CodeBlock]:

@@ -427,6 +427,30 @@ class _RunnerSession:
             self._cli.run("rm", "-f", self.name, check=False)
 
 
+def collect_garbage(docker: ClientCommand = "docker", *, dry_run: bool = False) -> list[str]:
+    """Remove ccexec containers of this host whose owner process is gone; return their names.
+
+    Only containers carrying ccexec's label, created on this host, whose owner pid no longer
+    runs (or now belongs to a newer process) are touched; nothing else ever is.
+    """
+    cli = DockerCLI(docker)
+    labels = ("owner-pid", "owner-start", "host")
+    template = "{{.Names}}" + "".join(f'\t{{{{.Label "{LABEL}.{label}"}}}}' for label in labels)
+    listing = cli.run("ps", "--all", "--filter", f"label={LABEL}", "--format", template)
+    orphans = []
+    for line in listing.stdout.decode("utf-8", "replace").splitlines():
+        fields = line.split("\t")
+        if len(fields) != 4 or fields[3] != socket.gethostname() or not fields[1].isdigit():
+            continue
+        name, pid, start = fields[0], int(fields[1]), fields[2]
+        if _process_start_time(pid) == start and start:
+            continue  # its owner still runs
+        orphans.append(name)
+    if orphans and not dry_run:
+        cli.run("rm", "--force", *orphans, check=False)
+    return orphans
+
+
 def _runner_source() -> str:
     return _RUNNER_SOURCE_FILE.read_text(encoding="utf-8")
 
@@ -512,7 +536,7 @@ def _engine_is_remote(cli: DockerCLI) -> bool:
 def _process_start_time(pid: int) -> str:
     """The process's start time in clock ticks (Linux), so gc is not fooled by a reused pid."""
     try:
-        with open(f"/proc/{pid}/stat") as handle:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
             return handle.read().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return ""

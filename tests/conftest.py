@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -26,7 +28,7 @@ def local(tmp_path: Path) -> Iterator[ccexec.LocalCommandLineCodeExecutor]:
 def pid_alive(pid: int) -> bool:
     """Return whether a process exists and is not a zombie."""
     try:
-        with open(f"/proc/{pid}/stat") as handle:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
@@ -50,3 +52,78 @@ def read_pids(path: Path) -> list[int]:
 HELPERS = Path(__file__).parent / "helpers"
 assert HELPERS.is_dir()
 os.environ.setdefault("PYTHONWARNDEFAULTENCODING", "1")
+
+
+# -- Docker ------------------------------------------------------------------------------------
+
+TEST_IMAGE = os.environ.get("CCEXEC_TEST_IMAGE", "ccexec-test/python:3-slim")
+#: Every container the tests create has a name with this prefix, so the suite can check
+#: at the end that none is left, without looking at anybody else's containers.
+TEST_PREFIX = "ccexec-test-"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--require-docker",
+        action="store_true",
+        help="fail Docker tests instead of skipping them when no engine is reachable (the default when CI=true)",
+    )
+
+
+def _docker_problem() -> str | None:
+    """Return why Docker tests cannot run here, or None when they can."""
+    if shutil.which("docker") is None:
+        return "no docker client on PATH (run scripts/test-engine.sh)"
+    try:
+        info = subprocess.run(["docker", "info"], capture_output=True, timeout=30, check=False)
+    except subprocess.TimeoutExpired:
+        return "`docker info` hung for 30 s"
+    if info.returncode != 0:
+        return f"no Docker engine reachable: {info.stderr.decode(errors='replace').strip()[:300]}"
+    image = subprocess.run(["docker", "image", "inspect", TEST_IMAGE], capture_output=True, check=False)
+    if image.returncode != 0:
+        return f"test image {TEST_IMAGE} is missing (run scripts/test-engine.sh)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_engine(request: pytest.FixtureRequest) -> str:
+    """The test image name, once a real engine answered; skip (or fail in CI) otherwise."""
+    problem = _docker_problem()
+    if problem is not None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes") or request.config.getoption("--require-docker"):
+            pytest.fail(f"Docker is required (CI=true or --require-docker) but {problem}")
+        pytest.skip(problem)
+    return TEST_IMAGE
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the engine as `docker`, so `-m 'not docker'` works."""
+    for item in items:
+        if "docker_engine" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.docker)
+
+
+def leftover_containers() -> list[str]:
+    """Names of the containers the tests created that still exist."""
+    out = subprocess.run(
+        ["docker", "ps", "--all", "--filter", f"name={TEST_PREFIX}", "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [name for name in out.stdout.split() if name.startswith(TEST_PREFIX)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_container_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After the whole suite: no container the tests created is left (checked when Docker ran)."""
+    yield
+    if shutil.which("docker") is None or _docker_problem() is not None:
+        return
+    deadline = time.monotonic() + 15
+    left = leftover_containers()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = leftover_containers()
+    assert left == [], f"containers left behind by the tests: {left}"

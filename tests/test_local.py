@@ -478,7 +478,7 @@ def children_of(ppid: int) -> list[int]:
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                with open(f"/proc/{name}/stat") as handle:
+                with open(f"/proc/{name}/stat", encoding="ascii") as handle:
                     fields = handle.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue

@@ -1,0 +1,438 @@
+"""DockerCommandLineCodeExecutor against a real Docker engine and the offline test image."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+import ccexec
+from ccexec import CodeBlock, DockerCommandLineCodeExecutor
+
+from .conftest import HELPERS, TEST_PREFIX
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make(image: str, tmp_path: Path | None, **kwargs: Any) -> DockerCommandLineCodeExecutor:
+    """An executor whose container name marks it as the tests'."""
+    kwargs.setdefault("timeout", 10)
+    return DockerCommandLineCodeExecutor(image, f"{TEST_PREFIX}{os.urandom(4).hex()}", work_dir=tmp_path, **kwargs)
+
+
+@pytest.fixture
+def executor(docker_engine: str, tmp_path: Path) -> Iterator[DockerCommandLineCodeExecutor]:
+    """A started Docker executor with a tmp_path work dir."""
+    with make(docker_engine, tmp_path) as started:
+        yield started
+
+
+def container_state(name: str) -> str:
+    """`running`, `exited`... or `gone`."""
+    out = subprocess.run(
+        ["docker", "inspect", "--format", "{{.State.Status}}", name], capture_output=True, text=True, check=False
+    )
+    return out.stdout.strip() if out.returncode == 0 else "gone"
+
+
+def wait_state(name: str, state: str, within: float) -> str:
+    end = time.monotonic() + within
+    current = container_state(name)
+    while current != state and time.monotonic() < end:
+        time.sleep(0.1)
+        current = container_state(name)
+    return current
+
+
+PROCESS_COUNT = "import os; print(sum(1 for p in os.listdir('/proc') if p.isdigit() and p != str(os.getpid())))"
+
+
+# -- AutoGen's scenarios ----------------------------------------------------------------------------
+
+
+def test_two_blocks(executor: DockerCommandLineCodeExecutor) -> None:
+    """Two python blocks run in order and their output is joined."""
+    result = executor.execute_code_blocks([CodeBlock("print('one')", "python"), CodeBlock("print('two')", "python")])
+    assert (result.exit_code, result.output) == (0, "one\ntwo\n")
+    assert len(result.blocks) == 2
+
+
+def test_shell_languages(executor: DockerCommandLineCodeExecutor) -> None:
+    """sh and bash blocks run in the container, as in the work dir /workspace."""
+    result = executor.execute_code_blocks(
+        [CodeBlock("pwd; echo $0", "sh"), CodeBlock("echo ${BASH_VERSION%%.*}", "bash")]
+    )
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0] == "/workspace"
+    assert lines[2].isdigit()
+
+
+def test_saved_file_equals_code_and_is_on_host(docker_engine: str, tmp_path: Path) -> None:
+    """The code file is on the host (work dir mounted) and holds exactly the code."""
+    code = "# filename: pkg/saved.py\nprint('saved')\n"
+    with make(docker_engine, tmp_path) as executor:
+        result = executor.execute_code_blocks([CodeBlock(code, "python")])
+    assert result.exit_code == 0
+    assert result.code_file == str(tmp_path / "pkg" / "saved.py")
+    assert (tmp_path / "pkg" / "saved.py").read_text() == code
+
+
+def test_timeout_kills_and_marker_is_never_written(docker_engine: str, tmp_path: Path) -> None:
+    """At the deadline: exit 124, partial output, Timeout line; a late write never happens."""
+    code = "echo started; (sleep 1.5; touch late-marker) & sleep 30"
+    with make(docker_engine, tmp_path, timeout=1) as executor:
+        start = time.monotonic()
+        result = executor.execute_code_blocks([CodeBlock(code, "sh")])
+        elapsed = time.monotonic() - start
+        assert result.exit_code == 124
+        assert result.timed_out
+        assert result.output.startswith("started\n")
+        assert "Timeout" in result.output
+        assert elapsed < 3
+        time.sleep(1.0)
+        assert not (tmp_path / "late-marker").exists()
+        leftover = executor.execute_code_blocks([CodeBlock(PROCESS_COUNT, "python")])
+        assert leftover.output == "1\n"  # only the runner
+
+
+def test_timeout_kills_stubborn_tree(docker_engine: str, tmp_path: Path) -> None:
+    """TERM-ignoring children, grandchildren and setsid daemons in the container all die."""
+    with make(docker_engine, tmp_path, timeout=2) as executor:
+        result = executor.execute_code_blocks([CodeBlock((HELPERS / "stubborn_tree.py").read_text(), "python")])
+        assert result.exit_code == 124, result.output
+        assert len((tmp_path / "pids.txt").read_text().split()) == 5
+        assert executor.execute_code_blocks([CodeBlock(PROCESS_COUNT, "python")]).output == "1\n"
+
+
+def test_async_cancellation_kills_the_block(docker_engine: str, tmp_path: Path) -> None:
+    """Cancelling the awaiting task stops the block in the container before it propagates."""
+
+    async def main() -> None:
+        async with make(docker_engine, tmp_path, timeout=30) as executor:
+            code = "import time, pathlib\npathlib.Path('started').touch()\ntime.sleep(2)\npathlib.Path('late').touch()"
+            task = asyncio.ensure_future(executor.aexecute_code_blocks([CodeBlock(code, "python")]))
+            while not (tmp_path / "started").exists():
+                await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            count = await executor.aexecute_code_blocks([CodeBlock(PROCESS_COUNT, "python")])
+            assert count.output == "1\n"
+            await asyncio.sleep(2.2)
+            assert not (tmp_path / "late").exists()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("name", "inside"),
+    [("sub/ok.py", True), ("/workspace/abs.py", True), ("../out.py", False), ("/etc/out.py", False)],
+)
+def test_filename_workspace_check(executor: DockerCommandLineCodeExecutor, name: str, inside: bool) -> None:
+    """Names inside /workspace are used; names outside give exit 1 and the workspace message."""
+    result = executor.execute_code_blocks(
+        [CodeBlock("print('a')", "python"), CodeBlock(f"# filename: {name}\nprint('b')", "python")]
+    )
+    if inside:
+        assert (result.exit_code, result.output) == (0, "a\nb\n")
+    else:
+        assert result.exit_code == 1
+        assert result.output.startswith("a\n")
+        assert "Filename is not in the workspace" in result.output
+
+
+def test_symlink_escape_is_refused(executor: DockerCommandLineCodeExecutor, tmp_path: Path) -> None:
+    """A symlink in the work dir pointing out of it is refused by the runner inside the container."""
+    (tmp_path / "link").symlink_to("/etc")
+    result = executor.execute_code_blocks([CodeBlock("# filename: link/evil.py\nprint(1)", "python")])
+    assert result.exit_code == 1
+    assert "Filename is not in the workspace" in result.output
+
+
+def test_unknown_language(executor: DockerCommandLineCodeExecutor) -> None:
+    """An unknown language is a result, not an exception."""
+    result = executor.execute_code_blocks([CodeBlock("x", "brainfuck")])
+    assert (result.exit_code, result.output) == (1, "unknown language brainfuck\n")
+
+
+def test_wrong_path_error_text(executor: DockerCommandLineCodeExecutor) -> None:
+    """Running a file that does not exist reports the interpreter's own error."""
+    result = executor.execute_code_blocks([CodeBlock("python3 /workspace/missing.py", "sh")])
+    assert result.exit_code == 2
+    assert "No such file or directory" in result.output
+
+
+def test_start_stop_and_context_managers(docker_engine: str, tmp_path: Path) -> None:
+    """start() runs a container, stop() ends and removes it in well under a second."""
+    executor = make(docker_engine, tmp_path)
+    executor.start()
+    assert container_state(executor.container_name) == "running"
+    start = time.monotonic()
+    executor.stop()
+    assert time.monotonic() - start < 1.0
+    assert wait_state(executor.container_name, "gone", 5) == "gone"
+    with make(docker_engine, tmp_path) as inside:
+        assert container_state(inside.container_name) == "running"
+    assert wait_state(inside.container_name, "gone", 5) == "gone"
+
+
+def test_async_context_manager(docker_engine: str, tmp_path: Path) -> None:
+    """async with starts and stops the container."""
+
+    async def main() -> str:
+        async with make(docker_engine, tmp_path) as executor:
+            result = await executor.aexecute_code_blocks([CodeBlock("print('async')", "python")])
+            assert result.output == "async\n"
+            return executor.container_name
+
+    name = asyncio.run(main())
+    assert wait_state(name, "gone", 5) == "gone"
+
+
+def test_restart_gives_a_fresh_container(docker_engine: str, tmp_path: Path) -> None:
+    """restart() replaces the container quickly and keeps the work dir."""
+    with make(docker_engine, tmp_path) as executor:
+        executor.execute_code_blocks([CodeBlock("# filename: keep.txt\nkept", "sh")])
+        start = time.monotonic()
+        executor.restart()
+        assert time.monotonic() - start < 2.0
+        result = executor.execute_code_blocks([CodeBlock("cat keep.txt", "sh")])
+        assert "kept" in result.output
+
+
+def test_execution_without_start(docker_engine: str, tmp_path: Path) -> None:
+    """The first execution starts the container; stop() removes it."""
+    executor = make(docker_engine, tmp_path)
+    assert executor.execute_code_blocks([CodeBlock("print(7)", "python")]).output == "7\n"
+    executor.stop()
+    assert wait_state(executor.container_name, "gone", 5) == "gone"
+
+
+def test_extra_volumes_init_command_extra_hosts(docker_engine: str, tmp_path: Path) -> None:
+    """Both volume forms mount, init_command ran once before blocks, extra_hosts resolve."""
+    (tmp_path / "data1").mkdir()
+    (tmp_path / "data1" / "a.txt").write_text("from dict")
+    (tmp_path / "data2").mkdir()
+    (tmp_path / "data2" / "b.txt").write_text("from string")
+    work = tmp_path / "work"
+    code = textwrap.dedent(
+        """
+        import socket
+        print(open('/data1/a.txt').read(), open('/data2/b.txt').read())
+        print(open('/workspace/init.txt').read().strip())
+        print(socket.gethostbyname('ccexec.test'))
+        """
+    )
+    executor = make(
+        docker_engine,
+        work,
+        extra_volumes={str(tmp_path / "data1"): {"bind": "/data1", "mode": "ro"}},
+        run_args=["--volume", f"{tmp_path / 'data2'}:/data2:ro"],
+        init_command="echo initialised >> /workspace/init.txt",
+        extra_hosts={"ccexec.test": "10.1.2.3"},
+    )
+    with executor:
+        result = executor.execute_code_blocks([CodeBlock(code, "python")])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["from dict from string", "initialised", "10.1.2.3"]
+
+
+def test_extra_volumes_string_form(docker_engine: str, tmp_path: Path) -> None:
+    """extra_volumes also takes 'src:dst:mode' strings."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f.txt").write_text("plain")
+    with make(docker_engine, tmp_path / "w", extra_volumes=[f"{tmp_path / 'd'}:/d:ro"]) as executor:
+        assert executor.execute_code_blocks([CodeBlock("cat /d/f.txt", "sh")]).output == "plain"
+
+
+def test_failing_init_command_raises(docker_engine: str, tmp_path: Path) -> None:
+    """An init_command that fails makes start() raise with its output; no container stays."""
+    executor = make(docker_engine, tmp_path, init_command="echo nope; exit 3")
+    with pytest.raises(ccexec.DockerError, match="nope"):
+        executor.start()
+    assert wait_state(executor.container_name, "gone", 5) == "gone"
+
+
+def test_delete_tmp_files(docker_engine: str, tmp_path: Path) -> None:
+    """delete_tmp_files removes generated files after the run and keeps named ones."""
+    with make(docker_engine, tmp_path, delete_tmp_files=True) as executor:
+        result = executor.execute_code_blocks(
+            [CodeBlock("print(1)", "python"), CodeBlock("# filename: named.py\nprint(2)", "python")]
+        )
+        assert result.exit_code == 0
+        executor.execute_code_blocks([CodeBlock("true", "sh")])  # the delete is ordered before this
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["named.py"]
+
+
+def test_keeps_tmp_files_by_default(executor: DockerCommandLineCodeExecutor) -> None:
+    """By default (AutoGen's delete_tmp_files=False) the generated file stays."""
+    result = executor.execute_code_blocks([CodeBlock("print(1)", "python")])
+    assert result.code_file is not None
+    assert Path(result.code_file).read_text() == "print(1)"
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def test_non_utf8_and_interleaved_output(executor: DockerCommandLineCodeExecutor) -> None:
+    """Bad bytes become U+FFFD and stdout/stderr keep their order."""
+    code = "import sys\nsys.stdout.buffer.write(b'a\\xff\\n')\nprint('err', file=sys.stderr)\nprint('out')"
+    result = executor.execute_code_blocks([CodeBlock(code, "python")])
+    assert result.output == "a\ufffd\nerr\nout\n"
+
+
+def test_output_cap(docker_engine: str, tmp_path: Path) -> None:
+    """A block printing 50 MB is cut to the cap with its head and tail."""
+    code = "import sys\nfor _ in range(50): sys.stdout.write('y' * 1_000_000)\nprint('END')"
+    with make(docker_engine, tmp_path, max_output_bytes=4096) as executor:
+        result = executor.execute_code_blocks([CodeBlock(code, "python")])
+    assert result.truncated
+    assert result.output.endswith("END\n")
+    assert len(result.output) < 5000
+
+
+def test_threads_share_one_executor(executor: DockerCommandLineCodeExecutor) -> None:
+    """Eight threads using one executor each get their own output, concurrently."""
+    results: dict[int, str] = {}
+
+    def work(n: int) -> None:
+        code = f"import time; time.sleep(0.3); print({n})"
+        results[n] = executor.execute_code_blocks([CodeBlock(code, "python")]).output
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {n: f"{n}\n" for n in range(8)}
+    assert time.monotonic() - start < 2.0  # they ran at the same time, not one after another
+
+
+# -- modes, errors, lifecycle -------------------------------------------------------------------
+
+
+def test_no_mount_mode(docker_engine: str, tmp_path: Path) -> None:
+    """mount_work_dir=False sends code through the CLI: code_file is in the container."""
+    with make(docker_engine, tmp_path, mount_work_dir=False) as executor:
+        result = executor.execute_code_blocks([CodeBlock("# filename: x.py\nprint(open('x.py').read())", "python")])
+    assert result.exit_code == 0
+    assert result.code_file == "/workspace/x.py"
+    assert "print(open" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_image_error(docker_engine: str, tmp_path: Path) -> None:
+    """A missing image that cannot be pulled names the image and says how to provide one."""
+    executor = make("ccexec-test/does-not-exist:1", tmp_path)
+    with pytest.raises(ccexec.ImageNotFoundError, match="does-not-exist") as caught:
+        executor.start()
+    assert "docker load" in str(caught.value)
+
+
+def test_missing_docker_binary(tmp_path: Path) -> None:
+    """A client that is not on PATH raises DockerNotFoundError saying how to point docker= elsewhere."""
+    with pytest.raises(ccexec.DockerNotFoundError, match="docker="):
+        DockerCommandLineCodeExecutor(docker="ccexec-no-such-docker", work_dir=tmp_path)
+
+
+def test_unreachable_engine_names_docker_host(
+    docker_engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bogus DOCKER_HOST gives EngineUnavailableError naming what was tried."""
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/ccexec.sock")
+    executor = make(docker_engine, tmp_path)
+    with pytest.raises(ccexec.EngineUnavailableError, match=r"DOCKER_HOST=unix:///nonexistent/ccexec\.sock"):
+        executor.start()
+
+
+def test_container_killed_from_outside(docker_engine: str, tmp_path: Path) -> None:
+    """A container killed mid-block raises ContainerGoneError; the next call gets a new container."""
+    with make(docker_engine, tmp_path, timeout=30) as executor:
+        threading.Timer(
+            0.5, lambda: subprocess.run(["docker", "kill", executor.container_name], check=False, capture_output=True)
+        ).start()
+        with pytest.raises(ccexec.ContainerGoneError, match="next call starts a new container"):
+            executor.execute_code_blocks([CodeBlock("import time; time.sleep(20)", "python")])
+        assert executor.execute_code_blocks([CodeBlock("print('again')", "python")]).output == "again\n"
+
+
+def test_labels(executor: DockerCommandLineCodeExecutor) -> None:
+    """The container carries ccexec's labels with this process as owner."""
+    out = subprocess.run(
+        ["docker", "inspect", "--format", '{{index .Config.Labels "org.ccexec.owner-pid"}}', executor.container_name],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == str(os.getpid())
+
+
+def test_sigkill_of_host_process_removes_container(docker_engine: str, tmp_path: Path) -> None:
+    """A host process SIGKILLed mid-block leaves no container behind within 10 s."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from ccexec import DockerCommandLineCodeExecutor, CodeBlock
+        name = {TEST_PREFIX + "killed-" + os.urandom(3).hex()!r}
+        ex = DockerCommandLineCodeExecutor({docker_engine!r}, name, work_dir={str(tmp_path)!r})
+        ex.start()
+        print(ex.container_name, flush=True)
+        ex.execute_code_blocks([CodeBlock("import time; time.sleep(60)", "python")])
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert child.stdout is not None
+    name = child.stdout.readline().strip()
+    assert container_state(name) == "running"
+    time.sleep(0.3)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    start = time.monotonic()
+    assert wait_state(name, "gone", 10) == "gone"
+    print(f"container gone {time.monotonic() - start:.2f} s after SIGKILL")
+
+
+def test_gc_removes_only_orphans(docker_engine: str, tmp_path: Path) -> None:
+    """gc removes a ccexec container whose owner is gone and leaves live ones alone."""
+    orphan = f"{TEST_PREFIX}orphan-{os.urandom(3).hex()}"
+    subprocess.run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            orphan,
+            "--label",
+            "org.ccexec=1",
+            "--label",
+            "org.ccexec.owner-pid=999999999",
+            "--label",
+            "org.ccexec.owner-start=1",
+            "--label",
+            f"org.ccexec.host={os.uname().nodename}",
+            docker_engine,
+            "sleep",
+            "60",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    with make(docker_engine, tmp_path) as live:
+        out = subprocess.run(
+            [sys.executable, "-m", "ccexec", "gc"], capture_output=True, text=True, cwd=ROOT, check=True
+        )
+        assert orphan in out.stdout
+        assert live.container_name not in out.stdout
+        assert container_state(live.container_name) == "running"
+    assert wait_state(orphan, "gone", 5) == "gone"
