@@ -6,7 +6,7 @@ import os
 import shlex
 import shutil
 import subprocess
-from typing import Sequence, Union
+from typing import Mapping, Sequence, Union
 
 from .errors import (
     ContainerGoneError,
@@ -16,6 +16,7 @@ from .errors import (
     EnginePermissionError,
     EngineUnavailableError,
     ImageNotFoundError,
+    InvalidArgumentError,
 )
 
 ClientCommand = Union[str, Sequence[str]]
@@ -120,3 +121,69 @@ class DockerCLI:
         else:
             message = f"`{command}` failed: {text}"
         return kind(message, command=list(argv), stderr=text)
+
+
+def run_options(
+    *,
+    extra_volumes: Mapping[str, Mapping[str, str]] | Sequence[str] | None,
+    extra_hosts: Mapping[str, str] | None,
+    gpus: str | None,
+    network: str | None,
+    memory: str | None,
+    cpus: float | None,
+    pids_limit: int | None,
+    read_only: bool,
+    user: str | None,
+    cap_drop: Sequence[str],
+    security_opt: Sequence[str],
+    env: Mapping[str, str] | None,
+) -> list[str]:
+    """Translate the executor's options into ``docker run`` flags, one argument per item."""
+    argv: list[str] = []
+    for volume in volumes(extra_volumes):
+        argv += ["--volume", volume]
+    for host, address in (extra_hosts or {}).items():
+        argv += ["--add-host", f"{host}:{address}"]
+    flags: list[tuple[str, object]] = [
+        ("--gpus", gpus),
+        ("--network", network),
+        ("--memory", memory),
+        ("--cpus", cpus),
+        ("--pids-limit", pids_limit),
+        ("--user", user),
+    ]
+    for flag, value in flags:
+        if value is not None:
+            argv += [flag, str(value)]
+    if memory is not None:
+        argv += ["--memory-swap", str(memory)]  # no swap beyond the limit: OOM is an OOM
+    if read_only:
+        argv += ["--read-only", "--tmpfs", "/tmp"]
+    for capability in cap_drop:
+        argv += ["--cap-drop", capability]
+    for option in security_opt:
+        argv += ["--security-opt", option]
+    for key, value in (env or {}).items():
+        argv += ["--env", f"{key}={value}"]
+    return argv
+
+
+def volumes(extra_volumes: Mapping[str, Mapping[str, str]] | Sequence[str] | None) -> list[str]:
+    """Accept AutoGen's dict form ``{host: {"bind": path, "mode": "rw"}}`` and ``src:dst[:mode]``."""
+    if extra_volumes is None:
+        return []
+    if isinstance(extra_volumes, str):
+        raise InvalidArgumentError("extra_volumes must be a dict or a list of 'src:dst[:mode]' strings")
+    if isinstance(extra_volumes, Mapping):
+        volumes = []
+        for host, spec in extra_volumes.items():
+            if not isinstance(spec, Mapping) or "bind" not in spec:
+                raise InvalidArgumentError(
+                    f"extra_volumes[{host!r}] must be {{'bind': '/container/path', 'mode': 'rw'|'ro'}}"
+                )
+            volumes.append(f"{host}:{spec['bind']}:{spec.get('mode', 'rw')}")
+        return volumes
+    for volume in extra_volumes:
+        if not isinstance(volume, str) or volume.count(":") not in (1, 2):
+            raise InvalidArgumentError(f"extra_volumes entry {volume!r} must look like 'src:dst' or 'src:dst:mode'")
+    return list(extra_volumes)

@@ -60,7 +60,9 @@ class BaseCommandLineExecutor:
         self._languages = language_table(languages)
         self._max_output_bytes = max_output_bytes
         self._on_output = on_output
-        self._requested_work_dir = None if work_dir is None else Path(work_dir)
+        # Absolute now: children run with the work dir as cwd, and docker reads a relative
+        # mount source as a named volume.
+        self._requested_work_dir = None if work_dir is None else Path(work_dir).absolute()
         self._temp_dir: Any = None  # tempfile.TemporaryDirectory when work_dir is None
         self._lock = threading.RLock()
         self._running: set[Cancel] = set()

@@ -23,6 +23,8 @@ from ._capture import OutputCapture
 MARKER_VARIABLE = "CCEXEC_BLOCK_ID"
 #: Seconds between SIGTERM to the group and SIGKILL, on timeout or cancellation.
 TERM_GRACE = 0.5
+#: Seconds to wait for killed processes to be gone before giving up on them.
+KILL_WAIT_LIMIT = 2.0
 #: Seconds to keep reading output once everything that could write it has been killed.
 DRAIN_LIMIT = 2.0
 _CHUNK = 1 << 16
@@ -215,15 +217,20 @@ def _kill_everything(pgid: int, marker: str) -> None:
 
 
 def _kill_marked(marker: str) -> None:
-    """SIGKILL processes whose environment holds ``marker`` (Linux /proc; else a no-op)."""
+    """SIGKILL processes whose environment holds ``marker`` until none is left (Linux /proc).
+
+    A killed process keeps a readable environment until it has really exited (a zombie's is
+    empty), so scanning again until nothing is found means they are all dead on return.
+    """
     needle = f"{MARKER_VARIABLE}={marker}".encode()
     me = os.getpid()
-    for _ in range(5):  # repeat: a process may fork while we kill
-        found = False
+    end = time.monotonic() + KILL_WAIT_LIMIT
+    while True:
         try:
             entries = os.listdir("/proc")
         except OSError:
-            return
+            return  # no /proc: the process group kill is all we can do
+        found = False
         for name in entries:
             if not name.isdigit() or int(name) == me:
                 continue
@@ -235,8 +242,9 @@ def _kill_marked(marker: str) -> None:
                 found = True
             except OSError:
                 continue
-        if not found:
+        if not found or time.monotonic() > end:
             return
+        time.sleep(0.002)
 
 
 def _drain(fd: int, capture: OutputCapture) -> None:

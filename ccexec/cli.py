@@ -8,7 +8,7 @@ import sys
 from typing import Sequence
 
 from .blocks import CodeBlock
-from .errors import CcexecError
+from .errors import CcexecError, InvalidArgumentError
 from .results import CommandLineCodeResult
 
 _SUFFIX_LANGUAGES = {".py": "python", ".sh": "sh", ".bash": "bash", ".ps1": "pwsh"}
@@ -75,7 +75,7 @@ def _read_blocks(path: str, language: str | None) -> list[CodeBlock]:
             with open(path, encoding="utf-8", errors="replace") as handle:
                 text = handle.read()
         except OSError as exc:
-            raise SystemExit(f"ccexec: error: cannot read {path!r}: {exc.strerror}") from None
+            raise InvalidArgumentError(f"cannot read {path!r}: {exc.strerror}", path=path) from None
         suffix = os.path.splitext(path)[1].lower()
     language = language or _SUFFIX_LANGUAGES.get(suffix)
     if language is not None:

@@ -11,39 +11,33 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import itertools
-import json
 import os
-import socket
-import subprocess
-import threading
 import time
 import weakref
-from collections import deque
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, Union
 
 from ._capture import OutputCallback, OutputCapture
-from ._docker_cli import RUN_DEADLINE, ClientCommand, DockerCLI
+from ._docker_cli import ClientCommand, DockerCLI, run_options
 from ._executor import DEFAULT_MAX_OUTPUT_BYTES, BaseCommandLineExecutor
 from ._process import Cancel
+from ._session import WAITER, WORKSPACE, ExecSession, RunnerSession
 from .blocks import CodeBlock, FilenameOutsideWorkspace, Language, container_relative_path, generated_filename
-from .errors import ContainerGoneError, DockerError, InvalidArgumentError
+from .errors import DockerError, InvalidArgumentError
 from .results import TIMEOUT_EXIT_CODE, BlockResult
 
-#: Where the work dir is inside the container.
-WORKSPACE = "/workspace"
 #: Label every ccexec container carries; ``python -m ccexec gc`` looks for it.
 LABEL = "org.ccexec"
-#: Seconds a block may overrun its deadline before the runner counts as hung.
-_RUNNER_GRACE = 10.0
-#: Seconds stop() waits for the container to end by itself before removing it by force.
-_STOP_DEADLINE = 10.0
+#: The ways blocks reach the container (see the class docstring).
+MODES = ("runner", "exec")
 _RUNNER_SOURCE_FILE = Path(__file__).with_name("_runner_main.py")
 # Prefer python3 (some images have no `python`); fall back to python.
 _BOOT = 'command -v python3 >/dev/null && exec python3 -c "$0" || exec python -c "$0"'
+# The main process of a container that outlives us (stop_container=False): sleeps until stopped.
+_KEEPALIVE = 'trap "exit 0" TERM; while :; do sleep 3600 & wait $!; done'
 _BLOCK_ENV = {"PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}
 _live: weakref.WeakSet[DockerCommandLineCodeExecutor] = weakref.WeakSet()
+_Session = Union[RunnerSession, ExecSession]
 
 
 class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
@@ -84,6 +78,7 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
         delete_tmp_files: bool = False,
         docker: ClientCommand = "docker",
         mount_work_dir: bool | None = None,
+        mode: str = "runner",
         gpus: str | None = None,
         network: str | None = None,
         memory: str | None = None,
@@ -117,9 +112,12 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
         self._stop_container = stop_container
         self._init_command = init_command
         self._delete_tmp_files = delete_tmp_files
+        if mode not in MODES:
+            raise InvalidArgumentError(f"mode must be one of {MODES}, got {mode!r}", mode=mode)
+        self._mode = mode
         self._cli = DockerCLI(docker)
         self._mount_work_dir = mount_work_dir
-        self._options = _run_options(
+        self._options = run_options(
             extra_volumes=extra_volumes,
             extra_hosts=extra_hosts,
             gpus=gpus,
@@ -133,7 +131,7 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
             security_opt=security_opt,
             env=env,
         ) + [str(arg) for arg in run_args]
-        self._session: _RunnerSession | None = None
+        self._session: _Session | None = None
         _live.add(self)
 
     # -- AutoGen's properties ------------------------------------------------------------------
@@ -167,15 +165,16 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the container (if not running) and wait until its runner is ready.
+        """Start the container (if not running) and wait until it is ready for blocks.
 
-        Raises ImageNotFoundError, EngineUnavailableError, DockerNotFoundError... (see errors).
+        Raises ImageNotFoundError, EngineUnavailableError, DockerError when init_command
+        fails... (see ccexec.errors).
         """
         super().start()
         with self._lock:
             if self._session is not None and self._session.alive:
                 return
-            self._session = _RunnerSession(self._cli, self._run_argv(), self._container_name, self._image)
+            self._session = self._start_session()
         info = self._session.info
         if info.get("init_exit_code"):
             output = info.get("init_output", "")
@@ -184,6 +183,33 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
                 f"init_command {self._init_command!r} failed with exit code {info['init_exit_code']}: {output}",
                 output=output,
             )
+
+    def _start_session(self) -> _Session:
+        name, image = self._container_name, self._image
+        if self._stop_container:
+            # The container's main process is attached to us: it ends when we do.
+            main = _BOOT if self._mode == "runner" else WAITER
+            args = self._run_args(["run", "-i"], main, _runner_source())
+            if self._mode == "runner":
+                return RunnerSession(self._cli, args, name, image, owns_container=True)
+            session = ExecSession.attached(self._cli, args, name, image, self._host_work_dir())
+        else:
+            # Kept on purpose (AutoGen's stop_container=False): a detached container that sleeps.
+            self._cli.run(*self._run_args(["run", "--detach"], _KEEPALIVE))
+            if self._mode == "runner":
+                exec_args = ["exec", "-i", "--workdir", WORKSPACE, name, "/bin/sh", "-c", _BOOT, _runner_source()]
+                if self._init_command:
+                    exec_args[2:2] = ["--env", f"CCEXEC_INIT_COMMAND={self._init_command}"]
+                return RunnerSession(self._cli, exec_args, name, image, owns_container=False)
+            session = ExecSession(self._cli, name, None, self._host_work_dir())
+        if self._init_command:
+            done = self._cli.run("exec", name, "/bin/sh", "-c", self._init_command, check=False)
+            output = (done.stdout + done.stderr).decode("utf-8", "replace")
+            session.info = {"init_exit_code": done.returncode, "init_output": output}
+        return session
+
+    def _host_work_dir(self) -> str | None:
+        return str(self.work_dir) if self.mounts_work_dir else None
 
     def _ensure_started(self) -> None:
         session = self._session
@@ -194,29 +220,29 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
         with self._lock:
             session, self._session = self._session, None
         if session is not None:
-            session.close(stop_container=self._stop_container)
+            session.close()
 
-    def _run_argv(self) -> list[str]:
+    def _run_args(self, command: list[str], *main: str) -> list[str]:
+        """``docker run`` arguments: labels, mounts, options, then ``sh -c MAIN...``."""
         labels = {
             LABEL: "1",
             f"{LABEL}.owner-pid": str(os.getpid()),
             f"{LABEL}.owner-start": _process_start_time(os.getpid()),
-            f"{LABEL}.host": socket.gethostname(),
+            f"{LABEL}.host": os.uname().nodename,
             f"{LABEL}.created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        argv = ["run", "-i", "--name", self._container_name, "--workdir", WORKSPACE]
-        if not self._cli.is_podman:
-            argv.append("--sig-proxy=false")  # Ctrl-C reaches us, not the runner
+        argv = [*command, "--name", self._container_name, "--workdir", WORKSPACE]
+        if "-i" in command and not self._cli.is_podman:
+            argv.append("--sig-proxy=false")  # Ctrl-C reaches us, not the container
         for key, value in labels.items():
             argv += ["--label", f"{key}={value}"]
         if self._auto_remove:
             argv.append("--rm")
         if self.mounts_work_dir:
             argv += ["--volume", f"{self.bind_dir}:{WORKSPACE}"]
-        if self._init_command:
+        if self._init_command and self._mode == "runner" and self._stop_container:
             argv += ["--env", f"CCEXEC_INIT_COMMAND={self._init_command}"]
-        argv += [*self._options, "--entrypoint", "/bin/sh", self._image, "-c", _BOOT, _runner_source()]
-        return argv
+        return [*argv, *self._options, "--entrypoint", "/bin/sh", self._image, "-c", *main]
 
     # -- blocks --------------------------------------------------------------------------------
 
@@ -236,14 +262,13 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
             assert session is not None
         capture = OutputCapture(self._max_output_bytes, self._on_output)
         request = {
-            "op": "run",
             "path": relative,
             "code": block.code,
             "argv": language.argv("{file}", "{python}"),
             "timeout": self._timeout,
             "env": _BLOCK_ENV,
         }
-        outcome = session.run(request, capture, cancel, self._timeout + _RUNNER_GRACE)
+        outcome = session.run(request, capture, cancel, self._timeout)
         code_file = self._reported_path(relative)
         if outcome.get("not_started"):
             return BlockResult(block.language, 1, capture.text(), None)
@@ -273,158 +298,7 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
         session = self._session
         if session is not None and session.alive:
             prefix = str(self.work_dir) + os.sep if self.mounts_work_dir else WORKSPACE + "/"
-            session.send({"op": "delete", "paths": [p[len(prefix) :] for p in paths]})
-
-
-class _Pending:
-    """A block the runner is working on: where its output goes, and its end."""
-
-    __slots__ = ("capture", "done", "result")
-
-    def __init__(self, capture: OutputCapture) -> None:
-        self.capture = capture
-        self.done = threading.Event()
-        self.result: dict[str, Any] | None = None
-
-
-class _RunnerSession:
-    """One attached ``docker run -i`` process whose container runs the runner."""
-
-    def __init__(self, cli: DockerCLI, run_args: list[str], name: str, image: str) -> None:
-        self._cli = cli
-        self.name = name
-        self._ids = itertools.count(1)
-        self._pending: dict[int, _Pending] = {}
-        self._write_lock = threading.Lock()
-        self._stderr: deque[bytes] = deque(maxlen=64)
-        self._ready = threading.Event()
-        self.info: dict[str, Any] = {}
-        self.alive = False
-        argv = [*cli.argv, *run_args]
-        # A new session: a Ctrl-C in the terminal must not kill the client before we stop.
-        self._proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        threading.Thread(target=self._read_frames, name=f"ccexec-{name}-out", daemon=True).start()
-        threading.Thread(target=self._read_stderr, name=f"ccexec-{name}-err", daemon=True).start()
-        if not self._ready.wait(RUN_DEADLINE) or not self.alive:
-            self._proc.kill()
-            self._proc.wait()
-            if self._ready.is_set():
-                raise cli.error(argv, self.stderr_text(), image=image)
-            self._remove()
-            raise cli.error(argv, f"the container did not start within {RUN_DEADLINE:g} s", image=image)
-
-    def stderr_text(self) -> str:
-        return b"".join(self._stderr).decode("utf-8", "replace")
-
-    def _read_stderr(self) -> None:
-        assert self._proc.stderr is not None
-        for line in iter(self._proc.stderr.readline, b""):
-            self._stderr.append(line)
-
-    def _read_frames(self) -> None:
-        stream = self._proc.stdout
-        assert stream is not None
-        try:
-            while True:
-                header = stream.readline()
-                if not header:
-                    break
-                kind, _, rest = header.rstrip(b"\n").partition(b" ")
-                if kind == b"o":
-                    ident, length = rest.split(b" ")
-                    data = stream.read(int(length))
-                    pending = self._pending.get(int(ident))
-                    if pending is not None:
-                        pending.capture.feed(data)
-                elif kind == b"x":
-                    ident, payload = rest.split(b" ", 1)
-                    pending = self._pending.get(int(ident))
-                    if pending is not None:
-                        pending.result = json.loads(payload)
-                        pending.done.set()
-                elif kind == b"r":
-                    self.info = json.loads(rest)
-                    self.alive = True
-                    self._ready.set()
-        finally:
-            self.alive = False
-            self._ready.set()
-            for pending in list(self._pending.values()):
-                pending.done.set()
-
-    def send(self, request: dict[str, Any]) -> None:
-        line = json.dumps(request).encode() + b"\n"
-        assert self._proc.stdin is not None
-        try:
-            with self._write_lock:
-                self._proc.stdin.write(line)
-                self._proc.stdin.flush()
-        except (BrokenPipeError, ValueError, OSError):
-            self.alive = False
-
-    def run(self, request: dict[str, Any], capture: OutputCapture, cancel: Cancel, deadline: float) -> dict[str, Any]:
-        """Send one block and wait for its end; raise ContainerGoneError when the container dies."""
-        ident = next(self._ids)
-        pending = _Pending(capture)
-        self._pending[ident] = pending
-        try:
-            self.send({**request, "id": ident})
-            end = time.monotonic() + deadline
-            cancel_sent = False
-            while not pending.done.wait(0.05):
-                if cancel.is_set() and not cancel_sent:
-                    self.send({"op": "cancel", "id": ident})
-                    cancel_sent = True
-                    end = min(end, time.monotonic() + _RUNNER_GRACE)
-                if time.monotonic() > end:
-                    self.close(stop_container=True)
-                    raise ContainerGoneError(
-                        f"container {self.name} did not report the end of a block {deadline:g} s after "
-                        "it started; it was removed. The next call starts a new container.",
-                        container=self.name,
-                    )
-        finally:
-            del self._pending[ident]
-        if pending.result is None:
-            raise self._gone_error()
-        return pending.result
-
-    def _gone_error(self) -> ContainerGoneError:
-        code = self._proc.wait()
-        reason = "killed (SIGKILL or out of memory)" if code == 137 else f"exit status {code}"
-        return ContainerGoneError(
-            f"container {self.name} ended while a block was running ({reason}); the block's result "
-            f"is lost. The next call starts a new container. {self.stderr_text().strip()}".strip(),
-            container=self.name,
-            exit_status=code,
-        )
-
-    def close(self, stop_container: bool = True) -> None:
-        """End the session: the runner sees its stdin close, kills its blocks and exits."""
-        if not stop_container:
-            return
-        try:
-            assert self._proc.stdin is not None
-            self._proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self._proc.wait(_STOP_DEADLINE)
-        except subprocess.TimeoutExpired:
-            self._remove()
-            self._proc.kill()
-            self._proc.wait()
-        self.alive = False
-
-    def _remove(self) -> None:
-        with contextlib.suppress(DockerError):
-            self._cli.run("rm", "-f", self.name, check=False)
+            session.delete([p[len(prefix) :] for p in paths])
 
 
 def collect_garbage(docker: ClientCommand = "docker", *, dry_run: bool = False) -> list[str]:
@@ -440,85 +314,20 @@ def collect_garbage(docker: ClientCommand = "docker", *, dry_run: bool = False) 
     orphans = []
     for line in listing.stdout.decode("utf-8", "replace").splitlines():
         fields = line.split("\t")
-        if len(fields) != 4 or fields[3] != socket.gethostname() or not fields[1].isdigit():
+        if len(fields) != 4 or fields[3] != os.uname().nodename or not fields[1].isdigit():
             continue
         name, pid, start = fields[0], int(fields[1]), fields[2]
         if _process_start_time(pid) == start and start:
             continue  # its owner still runs
         orphans.append(name)
     if orphans and not dry_run:
+        # Kept containers (stop_container=False) carry the label too, but gc only runs when asked.
         cli.run("rm", "--force", *orphans, check=False)
     return orphans
 
 
 def _runner_source() -> str:
     return _RUNNER_SOURCE_FILE.read_text(encoding="utf-8")
-
-
-def _run_options(
-    *,
-    extra_volumes: Mapping[str, Mapping[str, str]] | Sequence[str] | None,
-    extra_hosts: Mapping[str, str] | None,
-    gpus: str | None,
-    network: str | None,
-    memory: str | None,
-    cpus: float | None,
-    pids_limit: int | None,
-    read_only: bool,
-    user: str | None,
-    cap_drop: Sequence[str],
-    security_opt: Sequence[str],
-    env: Mapping[str, str] | None,
-) -> list[str]:
-    """Translate the executor's options into ``docker run`` flags, one argument per item."""
-    argv: list[str] = []
-    for volume in _volumes(extra_volumes):
-        argv += ["--volume", volume]
-    for host, address in (extra_hosts or {}).items():
-        argv += ["--add-host", f"{host}:{address}"]
-    flags: list[tuple[str, object]] = [
-        ("--gpus", gpus),
-        ("--network", network),
-        ("--memory", memory),
-        ("--cpus", cpus),
-        ("--pids-limit", pids_limit),
-        ("--user", user),
-    ]
-    for flag, value in flags:
-        if value is not None:
-            argv += [flag, str(value)]
-    if memory is not None:
-        argv += ["--memory-swap", str(memory)]  # no swap beyond the limit: OOM is an OOM
-    if read_only:
-        argv += ["--read-only", "--tmpfs", "/tmp"]
-    for capability in cap_drop:
-        argv += ["--cap-drop", capability]
-    for option in security_opt:
-        argv += ["--security-opt", option]
-    for key, value in (env or {}).items():
-        argv += ["--env", f"{key}={value}"]
-    return argv
-
-
-def _volumes(extra_volumes: Mapping[str, Mapping[str, str]] | Sequence[str] | None) -> list[str]:
-    """Accept AutoGen's dict form ``{host: {"bind": path, "mode": "rw"}}`` and ``src:dst[:mode]``."""
-    if extra_volumes is None:
-        return []
-    if isinstance(extra_volumes, str):
-        raise InvalidArgumentError("extra_volumes must be a dict or a list of 'src:dst[:mode]' strings")
-    if isinstance(extra_volumes, Mapping):
-        volumes = []
-        for host, spec in extra_volumes.items():
-            if not isinstance(spec, Mapping) or "bind" not in spec:
-                raise InvalidArgumentError(
-                    f"extra_volumes[{host!r}] must be {{'bind': '/container/path', 'mode': 'rw'|'ro'}}"
-                )
-            volumes.append(f"{host}:{spec['bind']}:{spec.get('mode', 'rw')}")
-        return volumes
-    for volume in extra_volumes:
-        if not isinstance(volume, str) or volume.count(":") not in (1, 2):
-            raise InvalidArgumentError(f"extra_volumes entry {volume!r} must look like 'src:dst' or 'src:dst:mode'")
-    return list(extra_volumes)
 
 
 def _engine_is_remote(cli: DockerCLI) -> bool:

@@ -159,5 +159,6 @@ def _venv_settings(context: Any) -> tuple[str, dict[str, str | None]]:
         )
     env_dir = getattr(context, "env_dir", None) or os.path.dirname(str(bin_path))
     path = os.pathsep.join([str(bin_path), os.environ.get("PATH", "")])
-    # As activating a venv does: its bin first, VIRTUAL_ENV set, PYTHONHOME dropped.
-    return str(env_exe), {"PATH": path, "VIRTUAL_ENV": str(env_dir), "PYTHONHOME": None}
+    # As activating a venv does (its bin first, VIRTUAL_ENV set, PYTHONHOME dropped), and
+    # PYTHONPATH dropped too, so the host's packages do not leak into the venv's Python.
+    return str(env_exe), {"PATH": path, "VIRTUAL_ENV": str(env_dir), "PYTHONHOME": None, "PYTHONPATH": None}

@@ -94,10 +94,16 @@ def extract_code_blocks(text: str) -> list[CodeBlock]:
 
 
 def _dedent(line: str, indent: int) -> str:
-    """Remove up to ``indent`` columns of leading whitespace."""
-    expanded = line.expandtabs(4) if line[:1] == "\t" else line
-    removable = len(expanded) - len(expanded.lstrip(" \t"))
-    return expanded[min(indent, removable) :]
+    """Remove up to ``indent`` columns of leading whitespace; keep the rest byte for byte."""
+    column = 0
+    for index, char in enumerate(line):
+        if column >= indent or char not in " \t":
+            return line[index:]
+        width = 4 - column % 4 if char == "\t" else 1
+        if column + width > indent:  # a tab straddling the fence's indentation
+            return " " * (column + width - indent) + line[index + 1 :]
+        column += width
+    return ""
 
 
 def _language(info: str, code: str) -> str:
@@ -120,6 +126,6 @@ def infer_language(code: str) -> str:
         return "sh"
     try:
         compile(code, "<block>", "exec")
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, MemoryError, RecursionError):  # deep nesting overflows the parser
         return ""
     return "python"

@@ -45,7 +45,7 @@ def create_virtual_env(
     )
     try:
         builder.create(os.fspath(path))
-    except (OSError, subprocess.CalledProcessError) as exc:
+    except (OSError, ValueError, subprocess.CalledProcessError) as exc:  # ValueError: path is a file
         raise VirtualEnvError(
             f"could not create a virtual environment at {os.fspath(path)!r}: {exc}", path=os.fspath(path)
         ) from exc

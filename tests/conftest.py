@@ -109,7 +109,7 @@ def leftover_containers() -> list[str]:
     out = subprocess.run(
         ["docker", "ps", "--all", "--filter", f"name={TEST_PREFIX}", "--format", "{{.Names}}"],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
         check=False,
     )
     return [name for name in out.stdout.split() if name.startswith(TEST_PREFIX)]

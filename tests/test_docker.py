@@ -39,7 +39,7 @@ def executor(docker_engine: str, tmp_path: Path) -> Iterator[DockerCommandLineCo
 def container_state(name: str) -> str:
     """`running`, `exited`... or `gone`."""
     out = subprocess.run(
-        ["docker", "inspect", "--format", "{{.State.Status}}", name], capture_output=True, text=True, check=False
+        ["docker", "inspect", "--format", "{{.State.Status}}", name], capture_output=True, encoding="utf-8", check=False
     )
     return out.stdout.strip() if out.returncode == 0 else "gone"
 
@@ -372,7 +372,7 @@ def test_labels(executor: DockerCommandLineCodeExecutor) -> None:
     out = subprocess.run(
         ["docker", "inspect", "--format", '{{index .Config.Labels "org.ccexec.owner-pid"}}', executor.container_name],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
         check=True,
     )
     assert out.stdout.strip() == str(os.getpid())
@@ -391,7 +391,7 @@ def test_sigkill_of_host_process_removes_container(docker_engine: str, tmp_path:
         ex.execute_code_blocks([CodeBlock("import time; time.sleep(60)", "python")])
         """
     )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, encoding="utf-8", cwd=ROOT)
     assert child.stdout is not None
     name = child.stdout.readline().strip()
     assert container_state(name) == "running"
@@ -430,7 +430,7 @@ def test_gc_removes_only_orphans(docker_engine: str, tmp_path: Path) -> None:
     )
     with make(docker_engine, tmp_path) as live:
         out = subprocess.run(
-            [sys.executable, "-m", "ccexec", "gc"], capture_output=True, text=True, cwd=ROOT, check=True
+            [sys.executable, "-m", "ccexec", "gc"], capture_output=True, encoding="utf-8", cwd=ROOT, check=True
         )
         assert orphan in out.stdout
         assert live.container_name not in out.stdout

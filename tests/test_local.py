@@ -391,7 +391,7 @@ def test_warns_not_a_sandbox_once() -> None:
         print(len(caught), caught[0].category.__name__, "not a sandbox" in str(caught[0].message))
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True, cwd=ROOT)
     assert out.stdout == "1 UserWarning True\n"
 
 

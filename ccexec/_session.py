@@ -1,0 +1,298 @@
+"""How blocks reach a running container: the attached runner, or one ``docker exec`` each.
+
+Both sessions offer the same calls: ``run(request, capture, cancel, deadline)`` returns the
+block's end as a dict, ``delete(paths)``, ``close()`` and the ``alive`` flag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import subprocess
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from ._capture import OutputCapture
+from ._docker_cli import RUN_DEADLINE, DockerCLI
+from ._process import Cancel, run_block
+from .blocks import FilenameOutsideWorkspace, host_code_path
+from .errors import ContainerGoneError, DockerError
+
+#: Seconds a block may overrun its deadline before the runner counts as hung.
+RUNNER_GRACE = 10.0
+#: Seconds close() waits for the attached client to end before removing the container.
+STOP_DEADLINE = 10.0
+#: Where the work dir is inside the container.
+WORKSPACE = "/workspace"
+
+
+class _Attached:
+    """A docker client process attached to a container (``run -i`` or ``exec -i``).
+
+    Its stdin is ours: closing it (or our death) ends the process inside, and with it the
+    container when that process is the container's main one.
+    """
+
+    def __init__(self, cli: DockerCLI, args: list[str], name: str) -> None:
+        self.cli = cli
+        self.name = name
+        self.argv = [*cli.argv, *args]
+        self._stderr: deque[bytes] = deque(maxlen=64)
+        # A new session: a Ctrl-C in the terminal must not kill the client before we stop.
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
+        threading.Thread(target=self._read_stderr, name=f"ccexec-{name}-err", daemon=True).start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in iter(self.proc.stderr.readline, b""):
+            self._stderr.append(line)
+
+    def stderr_text(self) -> str:
+        return b"".join(self._stderr).decode("utf-8", "replace").strip()
+
+    def close(self, remove: bool) -> int:
+        """Close stdin and wait for the client; past STOP_DEADLINE kill it (and remove the container)."""
+        with contextlib.suppress(OSError, ValueError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            return self.proc.wait(STOP_DEADLINE)
+        except subprocess.TimeoutExpired:
+            if remove:
+                remove_container(self.cli, self.name)
+            self.proc.kill()
+            return self.proc.wait()
+
+    def gone_error(self) -> ContainerGoneError:
+        code = self.proc.wait()
+        reason = "killed (SIGKILL or out of memory)" if code == 137 else f"exit status {code}"
+        return ContainerGoneError(
+            f"container {self.name} ended while a block was running ({reason}); the block's result "
+            f"is lost. The next call starts a new container. {self.stderr_text()}".strip(),
+            container=self.name,
+            exit_status=code,
+        )
+
+
+def remove_container(cli: DockerCLI, name: str) -> None:
+    """Remove a container by force, ignoring failures (it may be gone already)."""
+    with contextlib.suppress(DockerError):
+        cli.run("rm", "--force", name, check=False)
+
+
+class _Pending:
+    """A block the runner is working on: where its output goes, and its end."""
+
+    __slots__ = ("capture", "done", "result")
+
+    def __init__(self, capture: OutputCapture) -> None:
+        self.capture = capture
+        self.done = threading.Event()
+        self.result: dict[str, Any] | None = None
+
+
+class RunnerSession:
+    """Blocks sent as framed requests to ccexec's runner over one attached client."""
+
+    def __init__(self, cli: DockerCLI, args: list[str], name: str, image: str, *, owns_container: bool) -> None:
+        self.name = name
+        self.info: dict[str, Any] = {}
+        self.alive = False
+        self._owns_container = owns_container
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._write_lock = threading.Lock()
+        self._ready = threading.Event()
+        self._client = _Attached(cli, args, name)
+        threading.Thread(target=self._read_frames, name=f"ccexec-{name}-out", daemon=True).start()
+        if not self._ready.wait(RUN_DEADLINE) or not self.alive:
+            timed_out = not self._ready.is_set()
+            self._client.proc.kill()
+            self._client.proc.wait()
+            if owns_container:
+                remove_container(cli, name)
+            reason = f"the container did not start within {RUN_DEADLINE:g} s" if timed_out else ""
+            raise cli.error(self._client.argv, reason or self._client.stderr_text(), image=image)
+
+    def _read_frames(self) -> None:
+        import json
+
+        stream = self._client.proc.stdout
+        assert stream is not None
+        try:
+            for header in iter(stream.readline, b""):
+                kind, _, rest = header.rstrip(b"\n").partition(b" ")
+                if kind == b"o":
+                    ident, length = rest.split(b" ")
+                    data = stream.read(int(length))
+                    pending = self._pending.get(int(ident))
+                    if pending is not None:
+                        pending.capture.feed(data)
+                elif kind == b"x":
+                    ident, payload = rest.split(b" ", 1)
+                    pending = self._pending.get(int(ident))
+                    if pending is not None:
+                        pending.result = json.loads(payload)
+                        pending.done.set()
+                elif kind == b"r":
+                    self.info = json.loads(rest)
+                    self.alive = True
+                    self._ready.set()
+        finally:
+            self.alive = False
+            self._ready.set()
+            for pending in list(self._pending.values()):
+                pending.done.set()
+
+    def _send(self, request: dict[str, Any]) -> None:
+        import json
+
+        line = json.dumps(request).encode() + b"\n"
+        stdin = self._client.proc.stdin
+        assert stdin is not None
+        try:
+            with self._write_lock:
+                stdin.write(line)
+                stdin.flush()
+        except (OSError, ValueError):
+            self.alive = False
+
+    def run(self, request: dict[str, Any], capture: OutputCapture, cancel: Cancel, deadline: float) -> dict[str, Any]:
+        """Send one block and wait for its end; raise ContainerGoneError when the container dies."""
+        ident = next(self._ids)
+        pending = _Pending(capture)
+        self._pending[ident] = pending
+        try:
+            self._send({**request, "op": "run", "id": ident})
+            end = time.monotonic() + deadline + RUNNER_GRACE
+            cancel_sent = False
+            while not pending.done.wait(0.05):
+                if cancel.is_set() and not cancel_sent:
+                    self._send({"op": "cancel", "id": ident})
+                    cancel_sent = True
+                    end = min(end, time.monotonic() + RUNNER_GRACE)
+                if time.monotonic() > end:
+                    self.close()
+                    raise ContainerGoneError(
+                        f"container {self.name} did not report the end of a block {deadline:g} s after "
+                        "it started; it was stopped. The next call starts a new container.",
+                        container=self.name,
+                    )
+        finally:
+            del self._pending[ident]
+        if pending.result is None:
+            raise self._client.gone_error()
+        return pending.result
+
+    def delete(self, paths: list[str]) -> None:
+        """Remove files from the workspace (relative paths), after the blocks sent before."""
+        self._send({"op": "delete", "paths": paths})
+
+    def close(self) -> None:
+        """The runner sees its stdin close, kills its blocks and exits."""
+        self._client.close(remove=self._owns_container)
+        self.alive = False
+
+
+# The attached main process of exec mode: says it is up, then lives until its stdin closes.
+WAITER = "echo ready; while read -r _; do :; done"
+# Runs a block under docker exec: records its pid (its own process group, as every exec'd
+# process leads one) so a timeout can kill the group without pkill in the image.
+_EXEC_WRAPPER = 'echo $$ > "/tmp/ccexec-$CCEXEC_BLOCK_ID.pid"; cd /workspace && exec "$@"'
+_KILL_GROUP = 'f="/tmp/ccexec-$1.pid"; [ -f "$f" ] && kill -s "$2" -- "-$(cat "$f")"; [ "$2" = KILL ] && rm -f "$f"; :'
+
+
+class ExecSession:
+    """Blocks run one ``docker exec`` each: slower, but needs only ``sh`` in the image."""
+
+    def __init__(self, cli: DockerCLI, name: str, main: _Attached | None, host_work_dir: str | None) -> None:
+        self.name = name
+        self.info: dict[str, Any] = {}
+        self._cli = cli
+        self._main = main
+        self._host_work_dir = host_work_dir  # set when the work dir is bind-mounted
+        self._open = True
+
+    @classmethod
+    def attached(cls, cli: DockerCLI, args: list[str], name: str, image: str, host_work_dir: str | None) -> ExecSession:
+        """Start the container with the waiter as its attached main process."""
+        main = _Attached(cli, args, name)
+        assert main.proc.stdout is not None
+        if main.proc.stdout.readline() != b"ready\n":
+            main.proc.wait()
+            raise cli.error(main.argv, main.stderr_text(), image=image)
+        return cls(cli, name, main, host_work_dir)
+
+    def run(self, request: dict[str, Any], capture: OutputCapture, cancel: Cancel, deadline: float) -> dict[str, Any]:
+        """Write the file, run it with docker exec, kill its group inside on timeout or cancel."""
+        path, code = request.get("path"), request["code"]
+        block_id = os.urandom(8).hex()
+        if path is not None:
+            try:
+                self._write(path, code)
+            except FilenameOutsideWorkspace:
+                capture.feed(f"Filename is not in the workspace: {path!r}\n".encode())
+                return {"exit_code": 1, "not_started": True}
+        argv = [f"{WORKSPACE}/{path}" if part == "{file}" else part for part in request["argv"]]
+        argv = ["python" if part == "{python}" else part for part in argv]
+        env_flags = [item for key, value in request["env"].items() for item in ("--env", f"{key}={value}")]
+        exec_argv = [
+            *self._cli.argv, "exec", "--env", f"CCEXEC_BLOCK_ID={block_id}", *env_flags, self.name,
+            "/bin/sh", "-c", _EXEC_WRAPPER, "sh", *argv,
+        ]  # fmt: skip
+        outcome = run_block(exec_argv, cwd=".", env=dict(os.environ), timeout=deadline, capture=capture, cancel=cancel)
+        if outcome.timed_out or outcome.cancelled:
+            self._signal(block_id, "TERM")
+            time.sleep(0.5)
+        self._signal(block_id, "KILL")
+        if self._main is not None and self._main.proc.poll() is not None:
+            raise self._main.gone_error()
+        return {
+            "exit_code": outcome.exit_code,
+            "timed_out": outcome.timed_out,
+            "cancelled": outcome.cancelled,
+            "duration": outcome.duration,
+        }
+
+    def _write(self, path: str, code: str) -> None:
+        if self._host_work_dir is not None:
+            target = host_code_path(path, self._host_work_dir)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "w", encoding="utf-8", newline="") as handle:
+                handle.write(code)
+            return
+        script = 'mkdir -p "$(dirname "$1")" && cat > "$1"'
+        self._cli.run(
+            "exec", "-i", self.name, "/bin/sh", "-c", script, "sh", f"{WORKSPACE}/{path}", input=code.encode()
+        )
+
+    def _signal(self, block_id: str, signal_name: str) -> None:
+        with contextlib.suppress(DockerError):
+            self._cli.run("exec", self.name, "/bin/sh", "-c", _KILL_GROUP, "sh", block_id, signal_name, check=False)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the container's main process still runs (always True when detached)."""
+        return self._open and (self._main is None or self._main.proc.poll() is None)
+
+    def delete(self, paths: list[str]) -> None:
+        """Remove files from the workspace (relative paths)."""
+        if self._host_work_dir is not None:
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self._host_work_dir, path))
+            return
+        quoted = [f"{WORKSPACE}/{path}" for path in paths]
+        with contextlib.suppress(DockerError):
+            self._cli.run("exec", self.name, "rm", "-f", *quoted, check=False)
+
+    def close(self) -> None:
+        """End the waiter (so the container) when it is ours."""
+        if self._main is not None:
+            self._main.close(remove=True)
+        self._open = False

@@ -1,0 +1,375 @@
+"""Pure helpers: file naming and workspace checks, languages, block coercion, capture, results, errors."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import ccexec
+from ccexec import errors
+from ccexec._capture import OutputCapture
+from ccexec.blocks import (
+    CodeBlock,
+    FilenameOutsideWorkspace,
+    Language,
+    coerce_blocks,
+    container_relative_path,
+    host_code_path,
+    requested_filename,
+)
+from ccexec.results import BlockResult, CommandLineCodeResult, describe_exit
+
+# -- requested_filename -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("# filename: a b.py\nprint(1)", "a b.py"),
+        ("// filename: x.js\nconsole.log(1)", "x.js"),
+        ("<!-- filename: x.html -->\n<p>hi</p>", "x.html"),
+        ("/* filename: x.c */\nint main(void) { return 0; }", "x.c"),
+        ("-- filename: q.sql\nselect 1;", "q.sql"),
+        ("# FileName: Upper.py\n", "Upper.py"),
+        ("# FILENAME:tight.py", "tight.py"),
+        ("\ufeff# filename: bom.py\nprint(1)", "bom.py"),
+        ('# filename: "quoted name.py"\n', "quoted name.py"),
+        ("# filename: 'single.py'\n", "single.py"),
+        ("# filename: `tick.py`\n", "tick.py"),
+        ("# filename: sub dir/c:d.txt\n", "sub dir/c:d.txt"),
+        ("# filename: crlf.py\r\nprint(1)\r\n", "crlf.py"),
+        ("    # filename: indented.py\n", "indented.py"),
+        ("# filename: trailing.py   \n", "trailing.py"),
+        ("# just a comment\nprint(1)", None),
+        ("#!/usr/bin/env python\n", None),
+        ("print(1)\n# filename: second_line.py", None),
+        ("# filename:\nprint(1)", None),
+        ('# filename: ""\n', None),
+        ("filename: no_comment.py\n", None),
+        ("", None),
+    ],
+)
+def test_requested_filename(code: str, expected: str | None) -> None:
+    """The first line names the file only with a comment marker and the `filename:` keyword."""
+    assert requested_filename(code) == expected
+
+
+# -- host_code_path ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A work dir with a symlink pointing outside it and one pointing inside."""
+    work = tmp_path / "work"
+    (work / "inner").mkdir(parents=True)
+    (tmp_path / "work2").mkdir()
+    (work / "out").symlink_to(tmp_path)
+    (work / "in").symlink_to(work / "inner")
+    return work
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("x.py", "x.py"),
+        ("a/b/c.py", "a/b/c.py"),
+        ("./x.py", "x.py"),
+        ("a/../b.py", "b.py"),
+        ("in/y.py", "inner/y.py"),
+        ("sub dir/c:d.txt", "sub dir/c:d.txt"),
+    ],
+)
+def test_host_code_path_accepts_names_inside(work: Path, name: str, expected: str) -> None:
+    """Names inside the work dir resolve (symlinks followed) to a path under its real path."""
+    assert host_code_path(name, str(work)) == os.path.join(os.path.realpath(work), expected)
+
+
+def test_host_code_path_accepts_absolute_inside(work: Path) -> None:
+    """An absolute path that lies inside the work dir is accepted."""
+    assert host_code_path(str(work / "a.py"), str(work)) == os.path.join(os.path.realpath(work), "a.py")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["..", "../x.py", "a/../../x.py", "../work2/x.py", "/etc/passwd", "out/x.py", "out", ".", "", "a\x00b.py"],
+)
+def test_host_code_path_rejects_names_outside(work: Path, name: str) -> None:
+    """`..`, absolute paths elsewhere, a sibling sharing the prefix, symlinks out, the root and NUL are refused."""
+    with pytest.raises(FilenameOutsideWorkspace):
+        host_code_path(name, str(work))
+
+
+def test_filename_outside_workspace_is_a_value_error() -> None:
+    """FilenameOutsideWorkspace is a ValueError, for callers that catch the builtin."""
+    assert issubclass(FilenameOutsideWorkspace, ValueError)
+
+
+# -- container_relative_path ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("a/b.py", "a/b.py"),
+        ("x.py", "x.py"),
+        ("/workspace/x.py", "x.py"),
+        ("./x", "x"),
+        ("a/./b", "a/b"),
+        ("a/../b", "b"),
+        ("/workspace/a/../b", "b"),
+        ("sub dir/c:d.txt", "sub dir/c:d.txt"),
+    ],
+)
+def test_container_relative_path_accepts(name: str, expected: str) -> None:
+    """Names inside /workspace are returned relative to it, normalised lexically."""
+    assert container_relative_path(name, "/workspace") == expected
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../x", "/etc/passwd", "/workspace", "/workspace/", ".", "a/../../x", "/workspace2/x", "/", "/../x", "", "a\x00b"],
+)
+def test_container_relative_path_rejects(name: str) -> None:
+    """Names outside /workspace, /workspace itself, a prefix sibling, empty and NUL are refused."""
+    with pytest.raises(FilenameOutsideWorkspace):
+        container_relative_path(name, "/workspace")
+
+
+# -- Language.argv ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (("{python}",), ["/venv/bin/python", "/w/f.x"]),
+        (("node",), ["node", "/w/f.x"]),
+        (("{python}", "-I"), ["/venv/bin/python", "-I", "/w/f.x"]),
+        (("{python}", "-I", "{file}", "--verbose"), ["/venv/bin/python", "-I", "/w/f.x", "--verbose"]),
+        (("sh", "-c", 'exec cat "$1"', "sh", "{file}"), ["sh", "-c", 'exec cat "$1"', "sh", "/w/f.x"]),
+        (("diff", "{file}", "{file}"), ["diff", "/w/f.x", "/w/f.x"]),
+    ],
+)
+def test_language_argv(command: tuple[str, ...], expected: list[str]) -> None:
+    """{python} becomes the interpreter, {file} the file, which is appended when not named."""
+    assert Language("x", command).argv("/w/f.x", "/venv/bin/python") == expected
+
+
+# -- coerce_blocks ----------------------------------------------------------------------------
+
+
+def test_coerce_blocks_accepts_duck_typed_blocks() -> None:
+    """Objects with str code and language (AutoGen's CodeBlock) become CodeBlocks; ours pass through."""
+    ours = CodeBlock("echo 1", "sh")
+    blocks = coerce_blocks([SimpleNamespace(code="print(1)", language="python", extra=1), ours])
+    assert blocks == [CodeBlock("print(1)", "python"), ours]
+    assert type(blocks[0]) is CodeBlock
+    assert blocks[1] is ours
+    assert coerce_blocks(()) == []
+
+
+@pytest.mark.parametrize("value", ["print(1)", b"print(1)"])
+def test_coerce_blocks_rejects_a_string(value: object) -> None:
+    """A bare string (a common mistake) raises TypeError instead of running each character."""
+    with pytest.raises(TypeError, match="not a string"):
+        coerce_blocks(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        SimpleNamespace(code=1, language="python"),
+        SimpleNamespace(code="x", language=None),
+        SimpleNamespace(code=b"x", language="python"),
+        SimpleNamespace(language="python"),
+        {"code": "x", "language": "python"},
+        ("x", "python"),
+        None,
+    ],
+)
+def test_coerce_blocks_rejects_wrong_types(block: object) -> None:
+    """An item without str code and language raises TypeError naming its index."""
+    with pytest.raises(TypeError, match=r"code_blocks\[1\]"):
+        coerce_blocks([CodeBlock("x", "sh"), block])
+
+
+# -- OutputCapture ----------------------------------------------------------------------------
+
+
+def test_capture_keeps_everything_under_the_limit() -> None:
+    """Output up to the limit is kept whole, in order, and not marked truncated."""
+    seen: list[bytes] = []
+    capture = OutputCapture(20, seen.append)
+    for chunk in (b"hello ", b"w\xc3", b"\xa9rld\n", b"", b"0123456"):
+        capture.feed(chunk)
+    assert not capture.truncated
+    assert capture.total == 20
+    assert capture.text() == "hello w\u00e9rld\n0123456"
+    assert b"".join(seen) == b"hello w\xc3\xa9rld\n0123456"
+
+
+def test_capture_keeps_head_and_tail_with_a_marker() -> None:
+    """Past the limit, the first and last halves are kept around a marker counting what was dropped."""
+    seen: list[bytes] = []
+    capture = OutputCapture(10, seen.append)
+    for chunk in (b"0123", b"456789ABC", b"DEF"):
+        capture.feed(chunk)
+    assert capture.truncated
+    assert capture.text() == "01234\n[ccexec: output truncated: 6 of 16 bytes not shown]\nBCDEF"
+    assert b"".join(seen) == b"0123456789ABCDEF"
+
+
+def test_capture_one_byte_over_is_truncated() -> None:
+    """One byte more than the limit is already truncation."""
+    capture = OutputCapture(4, None)
+    capture.feed(b"abcd")
+    assert (capture.truncated, capture.text()) == (False, "abcd")
+    capture.feed(b"e")
+    assert capture.truncated
+    assert capture.text().startswith("ab\n")
+    assert capture.text().endswith("\nde")
+
+
+def test_capture_memory_is_bounded() -> None:
+    """After 10 MB fed in chunks, the internal buffers hold less than twice the limit."""
+    limit = 64 * 1024
+    capture = OutputCapture(limit, None)
+    chunk = bytes(range(256)) * 256  # 64 KiB
+    largest = 0
+    for _ in range(160):
+        capture.feed(chunk)
+        largest = max(largest, len(capture._head) + len(capture._tail))
+    capture.feed(b"THE END")
+    assert capture.total == 160 * len(chunk) + 7
+    assert largest < 2 * limit
+    assert len(capture._head) + len(capture._tail) < 2 * limit
+    text = capture.text()
+    assert text.endswith("THE END")
+    assert f"of {capture.total} bytes not shown" in text
+    assert len(text) < limit + 100  # kept bytes (one character each here) plus the marker
+
+
+@pytest.mark.parametrize(
+    ("fed", "expected"),
+    [
+        (b"partial", "partial\nTimeout\n"),
+        (b"line\n", "line\nTimeout\n"),
+        (b"", "Timeout\n"),
+    ],
+)
+def test_capture_note_starts_a_new_line(fed: bytes, expected: str) -> None:
+    """add_note puts ccexec's line on a line of its own, and streams it too."""
+    seen: list[bytes] = []
+    capture = OutputCapture(100, seen.append)
+    capture.feed(fed)
+    capture.add_note("Timeout\n")
+    assert capture.text() == expected
+    assert b"".join(seen).decode() == expected
+    assert not capture.truncated
+
+
+def test_capture_note_survives_truncation() -> None:
+    """A note added after output was truncated is still shown, last."""
+    capture = OutputCapture(10, None)
+    capture.feed(b"x" * 1000)
+    capture.add_note("Timeout: stopped\n")
+    assert capture.truncated
+    assert capture.text().endswith("xxxxx\nTimeout: stopped\n")
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "name"), [(-9, "SIGKILL"), (137, "SIGKILL"), (-15, "SIGTERM"), (139, "SIGSEGV")])
+def test_describe_exit_names_signals(code: int, name: str) -> None:
+    """Negative codes and 128 + N name the signal."""
+    assert describe_exit(code) == f"exit code {code} ({name})"
+
+
+@pytest.mark.parametrize("code", [0, 1, 2, 124, 127, 128, 255, -999])
+def test_describe_exit_plain_codes(code: int) -> None:
+    """Ordinary codes, and numbers that are no signal, are reported as they are."""
+    assert describe_exit(code) == f"exit code {code}"
+
+
+def test_from_blocks_empty_is_success() -> None:
+    """No blocks ran: exit 0, no output, no file, nothing flagged."""
+    result = CommandLineCodeResult.from_blocks([])
+    assert (result.exit_code, result.output, result.code_file, result.blocks) == (0, "", None, ())
+    assert not result.timed_out
+    assert not result.truncated
+
+
+def test_from_blocks_combines() -> None:
+    """The last block's exit code, joined output, first file, and any flag set by a block."""
+    first = BlockResult("python", 0, "a\n", "/w/1.py", 0.1)
+    last = BlockResult("sh", 124, "b\nTimeout\n", "/w/2.sh", 1.0, timed_out=True, truncated=True)
+    result = CommandLineCodeResult.from_blocks([first, last])
+    assert (result.exit_code, result.output, result.code_file) == (124, "a\nb\nTimeout\n", "/w/1.py")
+    assert result.timed_out
+    assert result.truncated
+    assert result.blocks == (first, last)
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+DOCUMENTED_BASES: list[tuple[type[ccexec.CcexecError], type[BaseException]]] = [
+    (ccexec.InvalidArgumentError, ValueError),
+    (ccexec.ExecutionTimeoutError, TimeoutError),
+    (ccexec.InterpreterNotFoundError, FileNotFoundError),
+    (ccexec.VirtualEnvError, RuntimeError),
+    (ccexec.FunctionSetupError, ValueError),
+    (ccexec.DockerError, RuntimeError),
+    (ccexec.DockerNotFoundError, FileNotFoundError),
+    (ccexec.EngineUnavailableError, ConnectionError),
+    (ccexec.EnginePermissionError, PermissionError),
+    (ccexec.ImageNotFoundError, LookupError),
+    (ccexec.ContainerGoneError, ccexec.DockerError),
+    (ccexec.DockerTimeoutError, TimeoutError),
+]
+ALL_ERRORS = sorted(
+    (cls for _, cls in inspect.getmembers(errors, inspect.isclass) if issubclass(cls, errors.CcexecError)),
+    key=lambda cls: cls.__name__,
+)
+
+
+@pytest.mark.parametrize(("cls", "base"), DOCUMENTED_BASES, ids=[cls.__name__ for cls, _ in DOCUMENTED_BASES])
+def test_error_subclasses_documented_builtin(cls: type[ccexec.CcexecError], base: type[BaseException]) -> None:
+    """Each exception is a CcexecError and the builtin the README documents, exported from ccexec."""
+    assert issubclass(cls, ccexec.CcexecError)
+    assert issubclass(cls, base)
+    assert getattr(ccexec, cls.__name__) is cls
+    assert cls.__name__ in ccexec.__all__
+
+
+def test_every_error_is_documented() -> None:
+    """No exception class in ccexec.errors is missing from the table above."""
+    documented = {cls for cls, _ in DOCUMENTED_BASES} | {ccexec.CcexecError}
+    assert set(ALL_ERRORS) <= documented, "add new exceptions to DOCUMENTED_BASES"
+
+
+@pytest.mark.parametrize("cls", ALL_ERRORS, ids=[cls.__name__ for cls in ALL_ERRORS])
+def test_error_pickles_with_details(cls: type[ccexec.CcexecError]) -> None:
+    """Pickling (and copying) keeps the class, the message and keyword details as attributes."""
+    error = cls("it failed: details here", command=["docker", "ps"], stderr="boom", code=3)
+    assert str(error) == "it failed: details here"
+    for clone in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):
+        assert type(clone) is cls
+        assert str(clone) == "it failed: details here"
+        assert clone.message == "it failed: details here"
+        assert clone.details == {"command": ["docker", "ps"], "stderr": "boom", "code": 3}
+        assert clone.command == ["docker", "ps"]  # type: ignore[attr-defined]
+        assert clone.stderr == "boom"  # type: ignore[attr-defined]
+        assert clone.code == 3  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("cls", ALL_ERRORS, ids=[cls.__name__ for cls in ALL_ERRORS])
+def test_error_without_details(cls: type[ccexec.CcexecError]) -> None:
+    """A bare message works too, str() is the message (no errno prefix for OSError kinds)."""
+    clone = pickle.loads(pickle.dumps(cls("just this")))
+    assert (type(clone), str(clone), clone.args, clone.details) == (cls, "just this", ("just this",), {})
