@@ -436,3 +436,81 @@ def test_gc_removes_only_orphans(docker_engine: str, tmp_path: Path) -> None:
         assert live.container_name not in out.stdout
         assert container_state(live.container_name) == "running"
     assert wait_state(orphan, "gone", 5) == "gone"
+
+
+# -- exec mode and kept containers ------------------------------------------------------------
+
+
+def test_exec_mode_runs_blocks_and_kills_on_timeout(docker_engine: str, tmp_path: Path) -> None:
+    """mode='exec' (one docker exec per block) gives the same results and kills the block's group."""
+    with make(docker_engine, tmp_path, mode="exec", timeout=1) as executor:
+        result = executor.execute_code_blocks([CodeBlock("print('a')", "python"), CodeBlock("echo b >&2", "sh")])
+        assert (result.exit_code, result.output) == (0, "a\nb\n")
+        result = executor.execute_code_blocks([CodeBlock("echo s; (sleep 1.5; touch late) & sleep 30", "sh")])
+        assert result.exit_code == 124
+        assert result.output.startswith("s\n")
+        outside = executor.execute_code_blocks([CodeBlock("# filename: ../x.py\nprint(1)", "python")])
+        assert "Filename is not in the workspace" in outside.output
+        time.sleep(1.0)
+        assert not (tmp_path / "late").exists()
+
+
+def test_exec_mode_without_mount(docker_engine: str, tmp_path: Path) -> None:
+    """mode='exec' without the mount writes files through `docker exec -i`."""
+    with make(docker_engine, tmp_path, mode="exec", mount_work_dir=False) as executor:
+        result = executor.execute_code_blocks([CodeBlock("# filename: d/x.sh\necho from $0", "sh")])
+    assert (result.exit_code, result.output, result.code_file) == (0, "from /workspace/d/x.sh\n", "/workspace/d/x.sh")
+
+
+@pytest.mark.parametrize("mode", ["runner", "exec"])
+def test_stop_container_false_keeps_it_running(docker_engine: str, tmp_path: Path, mode: str) -> None:
+    """stop_container=False leaves the container running after stop(), as AutoGen documents."""
+    executor = make(docker_engine, tmp_path, stop_container=False, mode=mode, init_command="touch /tmp/init-ran")
+    try:
+        with executor:
+            result = executor.execute_code_blocks([CodeBlock("ls /tmp/init-ran && echo ok", "sh")])
+            assert result.output.endswith("ok\n")
+        assert container_state(executor.container_name) == "running"
+    finally:
+        subprocess.run(["docker", "rm", "-f", executor.container_name], capture_output=True, check=False)
+
+
+def test_auto_remove_false_keeps_stopped_container(docker_engine: str, tmp_path: Path) -> None:
+    """auto_remove=False leaves the stopped container for inspection."""
+    executor = make(docker_engine, tmp_path, auto_remove=False)
+    try:
+        with executor:
+            executor.execute_code_blocks([CodeBlock("print(1)", "python")])
+        assert wait_state(executor.container_name, "exited", 5) == "exited"
+    finally:
+        subprocess.run(["docker", "rm", "-f", executor.container_name], capture_output=True, check=False)
+
+
+def test_invalid_mode(tmp_path: Path) -> None:
+    """An unknown mode raises ValueError before anything starts."""
+    with pytest.raises(ValueError, match="mode"):
+        DockerCommandLineCodeExecutor(mode="ssh", work_dir=tmp_path)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"),
+    reason="needs root and a system Python to run a child as an unprivileged user",
+)
+def test_socket_permission_denied(docker_engine: str) -> None:
+    """A user who may not use the engine's socket gets EnginePermissionError saying what to do."""
+    script = textwrap.dedent(
+        f"""
+        import ccexec
+        try:
+            ccexec.DockerCommandLineCodeExecutor({docker_engine!r}).start()
+        except ccexec.EnginePermissionError as exc:
+            print("permission:", exc)
+        """
+    )
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": "/tmp"}
+    done = subprocess.run(
+        ["/usr/bin/python3", "-c", script], user=65534, group=65534, env=env, capture_output=True, encoding="utf-8",
+        cwd="/", timeout=60, check=False,
+    )  # fmt: skip
+    assert done.stdout.startswith("permission:"), done.stdout + done.stderr
+    assert "docker' group" in done.stdout
