@@ -23,6 +23,13 @@ from .errors import (
     InvalidArgumentError,
     VirtualEnvError,
 )
+from .functions import (
+    Alias,
+    FunctionWithRequirements,
+    FunctionWithRequirementsStr,
+    ImportFromModule,
+    with_requirements,
+)
 from .local import LocalCommandLineCodeExecutor
 from .markdown import extract_code_blocks
 from .results import BlockResult, CodeResult, CommandLineCodeResult
@@ -31,6 +38,11 @@ from .venv import create_virtual_env
 __version__ = "0.1.0"
 
 __all__ = [
+    "Alias",
+    "FunctionWithRequirements",
+    "FunctionWithRequirementsStr",
+    "ImportFromModule",
+    "with_requirements",
     "BlockResult",
     "CcexecError",
     "CodeBlock",

@@ -10,13 +10,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .blocks import CodeBlock, Language, coerce_blocks, language_table, normalize_tag, requested_filename
-from .errors import InvalidArgumentError
+from .errors import FunctionSetupError, InvalidArgumentError
 from .results import BlockResult, CommandLineCodeResult
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from ._capture import OutputCallback
+    from ._capture import OutputCallback, OutputCapture
     from ._process import Cancel
 
 #: Default cap on the output kept per block, in bytes (head and tail are kept).
@@ -36,6 +36,7 @@ class BaseCommandLineExecutor:
         languages: Mapping[str, Language] | None,
         max_output_bytes: int,
         on_output: OutputCallback,
+        setup_timeout: float,
     ) -> None:
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 1:
             raise InvalidArgumentError(f"timeout must be a number of seconds >= 1, got {timeout!r}", timeout=timeout)
@@ -49,11 +50,16 @@ class BaseCommandLineExecutor:
                 f"max_output_bytes must be a positive int, got {max_output_bytes!r}",
                 max_output_bytes=max_output_bytes,
             )
-        if functions:
+        if isinstance(functions, (str, bytes)) or not all(callable(f) or hasattr(f, "func") for f in functions):
             raise InvalidArgumentError(
-                "functions= is not supported by this version of ccexec yet; "
-                "pass the functions' source as a code block or write the module yourself"
+                "functions must be a list of functions, FunctionWithRequirements or "
+                "FunctionWithRequirements.from_str(...) objects"
             )
+        if not isinstance(setup_timeout, (int, float)) or setup_timeout <= 0:
+            raise InvalidArgumentError(f"setup_timeout must be a positive number, got {setup_timeout!r}")
+        self._setup_timeout = float(setup_timeout)
+        self._functions_ready = not functions
+        self._setup_lock = threading.Lock()
         self._timeout = float(timeout)
         self._functions = list(functions)
         self._functions_module = functions_module
@@ -78,6 +84,57 @@ class BaseCommandLineExecutor:
     def functions_module(self) -> str:
         """The module name code imports user functions from."""
         return self._functions_module
+
+    @property
+    def functions(self) -> list[str]:
+        """Names of the user functions blocks can import from ``functions_module``."""
+        from .functions import function_name
+
+        return [function_name(function) for function in self._functions]
+
+    def format_functions_for_prompt(self, template: str | None = None) -> str:
+        """Return a prompt listing the functions' stubs and how to import them.
+
+        ``template`` may use ``$module_name`` and ``$functions`` (AutoGen's placeholders).
+        """
+        from .functions import FUNCTIONS_PROMPT_TEMPLATE, format_functions_for_prompt
+
+        return format_functions_for_prompt(
+            self._functions, self._functions_module, template or FUNCTIONS_PROMPT_TEMPLATE
+        )
+
+    def code_writer_system_message(self) -> str:
+        """Return a system message telling a code-writing agent how this executor runs its code."""
+        from .results import TIMEOUT_EXIT_CODE
+
+        tags = sorted(
+            {tag for tag, language in self._languages.items() if tag == _primary_tag(self._languages, language)}
+        )
+        lines = [
+            "You solve tasks by writing code that is run for you. Put each program in a fenced code block "
+            f"tagged with its language; the languages you can use are: {', '.join(tags)}.",
+            "Each block is saved to a file and run in a NEW process, in order, stopping at the first block "
+            "that fails. Nothing is shared between blocks except files: to pass data on, write it to a file.",
+            f"Every block runs with the working directory {self._work_dir_for_code()}. To choose the file "
+            "name of a block, make its first line a comment like `# filename: name.py`; the name must stay "
+            "inside the working directory.",
+            f"Each block may run for {self._timeout:g} seconds; then it is stopped (exit code "
+            f"{TIMEOUT_EXIT_CODE}). Standard input is closed: do not ask for input. Print what you need to see; "
+            "you will get the output and the exit code back.",
+            "Write complete programs, not fragments to fill in; if a block fails, read the error and send a "
+            "corrected block.",
+        ]
+        if self._functions:
+            lines.append(self.format_functions_for_prompt())
+        return "\n\n".join(lines)
+
+    def _work_dir_for_code(self) -> str:
+        """The work dir as the code sees it."""
+        return str(self.work_dir)
+
+    def _can_run(self, language: Language) -> bool:
+        """Whether the language's program is there (so the system message may offer it)."""
+        return True
 
     @property
     def languages(self) -> list[str]:
@@ -117,6 +174,7 @@ class BaseCommandLineExecutor:
         self._close_engine()
         with self._lock:
             if self._temp_dir is not None:
+                self._functions_ready = not self._functions
                 self._temp_dir.cleanup()
                 self._temp_dir = None
 
@@ -188,6 +246,7 @@ class BaseCommandLineExecutor:
         from ._process import Cancel
 
         self._ensure_started()
+        self._ensure_functions()
         own_cancel = cancel is None
         cancel = cancel or Cancel()
         with self._lock:
@@ -235,6 +294,56 @@ class BaseCommandLineExecutor:
         """Run start() once before the first block; subclasses track their own state."""
         self.start()
 
+    def _ensure_functions(self) -> None:
+        """Write the functions module, pip-install its packages and check it imports, once.
+
+        Raises FunctionSetupError (a ValueError) with pip's or Python's output on failure.
+        """
+        if not self._functions_ready:
+            with self._setup_lock:
+                if not self._functions_ready:  # another thread may have done it meanwhile
+                    self._install_functions()
+
+    def _install_functions(self) -> None:
+        from .blocks import PYTHON
+        from .functions import module_source, required_packages
+
+        try:
+            source = module_source(self._functions)
+        except ValueError as exc:
+            raise FunctionSetupError(str(exc)) from exc
+        packages = required_packages(self._functions)
+        if packages:
+            pip = [PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *packages]
+            self._setup_step(pip, None, f"pip install {' '.join(packages)}")
+        module_file = (f"{self._functions_module}.py", source)
+        check = [PYTHON, "-c", f"import {self._functions_module}"]
+        self._setup_step(check, module_file, f"import {self._functions_module}")
+        self._functions_ready = True
+
+    def _setup_step(self, argv: list[str], write: tuple[str, str] | None, what: str) -> None:
+        from ._capture import OutputCapture
+
+        capture = OutputCapture(self._max_output_bytes)
+        exit_code, timed_out = self._run_setup(argv, write, capture)
+        output = capture.text().strip()
+        if timed_out:
+            raise FunctionSetupError(
+                f"`{what}` did not finish within setup_timeout={self._setup_timeout:g} s and was killed; "
+                f"raise setup_timeout or preinstall the packages. Output:\n{output}",
+                output=output,
+            )
+        if exit_code != 0:
+            hint = ""
+            if "No module named pip" in output:
+                hint = " The interpreter has no pip: use a venv made with_pip=True or an image with pip."
+            raise FunctionSetupError(
+                f"`{what}` failed with exit code {exit_code} while setting up the user functions.{hint} "
+                f"Output:\n{output}",
+                output=output,
+                exit_code=exit_code,
+            )
+
     # -- what subclasses provide -------------------------------------------------------------
 
     _delete_generated = True
@@ -246,6 +355,15 @@ class BaseCommandLineExecutor:
     def _delete_files(self, paths: list[str]) -> None:
         """Remove generated code files after a run."""
         raise NotImplementedError
+
+    def _run_setup(self, argv: list[str], write: tuple[str, str] | None, capture: OutputCapture) -> tuple[int, bool]:
+        """Write ``write`` = (relative name, text) if given, run argv with setup_timeout; return (exit, timed out)."""
+        raise NotImplementedError
+
+
+def _primary_tag(table: Mapping[str, Language], language: Language) -> str:
+    """The first tag naming ``language`` (``python`` rather than ``py``)."""
+    return next(tag for tag, value in table.items() if value is language)
 
 
 async def _in_thread(func: Any) -> None:

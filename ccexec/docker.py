@@ -93,6 +93,7 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
         languages: Mapping[str, Language] | None = None,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         on_output: OutputCallback = None,
+        setup_timeout: float | None = None,
     ) -> None:
         super().__init__(
             timeout=timeout,
@@ -102,6 +103,7 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
             languages=languages,
             max_output_bytes=max_output_bytes,
             on_output=on_output,
+            setup_timeout=timeout if setup_timeout is None else setup_timeout,
         )
         if not image or not isinstance(image, str):
             raise InvalidArgumentError(f"image must be a non-empty string, got {image!r}", image=image)
@@ -175,6 +177,7 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
             if self._session is not None and self._session.alive:
                 return
             self._session = self._start_session()
+            self._functions_ready = not self._functions  # a new container needs the packages again
         info = self._session.info
         if info.get("init_exit_code"):
             output = info.get("init_output", "")
@@ -287,6 +290,29 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
             timed_out=bool(outcome.get("timed_out")),
             truncated=capture.truncated,
         )
+
+    def _run_setup(self, argv: list[str], write: tuple[str, str] | None, capture: OutputCapture) -> tuple[int, bool]:
+        session = self._session
+        assert session is not None
+        request = {
+            "path": None if write is None else write[0],
+            "code": "" if write is None else write[1],
+            "argv": argv,
+            "timeout": self._setup_timeout,
+            "env": _BLOCK_ENV,
+        }
+        cancel = Cancel()
+        try:
+            outcome = session.run(request, capture, cancel, self._setup_timeout)
+        finally:
+            cancel.close()
+        return int(outcome["exit_code"]), bool(outcome.get("timed_out"))
+
+    def _work_dir_for_code(self) -> str:
+        return WORKSPACE
+
+    def _can_run(self, language: Language) -> bool:
+        return language.command[0] != "pwsh"  # not in the usual images
 
     def _reported_path(self, relative: str) -> str:
         """The code file as the user can open it: on the host when mounted, else in the container."""

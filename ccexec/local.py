@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 from ._capture import OutputCallback, OutputCapture
 from ._executor import DEFAULT_MAX_OUTPUT_BYTES, BaseCommandLineExecutor
 from ._process import Cancel, block_environment, run_block
-from .blocks import CodeBlock, FilenameOutsideWorkspace, Language, generated_filename, host_code_path
+from .blocks import PYTHON, CodeBlock, FilenameOutsideWorkspace, Language, generated_filename, host_code_path
 from .errors import InvalidArgumentError
 from .results import TIMEOUT_EXIT_CODE, BlockResult, describe_exit
 
@@ -48,6 +48,7 @@ class LocalCommandLineCodeExecutor(BaseCommandLineExecutor):
         max_output_bytes: output kept per block (head and tail); the rest is dropped and
             the result's ``truncated`` is set.
         on_output: called with each raw chunk of output as it arrives (from a worker thread).
+        setup_timeout: seconds for installing the functions' packages (default: timeout).
     """
 
     def __init__(  # noqa: PLR0917 - positional order is AutoGen's, so switching is an import change
@@ -63,6 +64,7 @@ class LocalCommandLineCodeExecutor(BaseCommandLineExecutor):
         env: Mapping[str, str | None] | None = None,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         on_output: OutputCallback = None,
+        setup_timeout: float | None = None,
     ) -> None:
         super().__init__(
             timeout=timeout,
@@ -72,6 +74,7 @@ class LocalCommandLineCodeExecutor(BaseCommandLineExecutor):
             languages=languages,
             max_output_bytes=max_output_bytes,
             on_output=on_output,
+            setup_timeout=timeout if setup_timeout is None else setup_timeout,
         )
         self._cleanup_temp_files = cleanup_temp_files
         self._python = sys.executable
@@ -136,6 +139,21 @@ class LocalCommandLineCodeExecutor(BaseCommandLineExecutor):
             timed_out=outcome.timed_out,
             truncated=capture.truncated,
         )
+
+    def _can_run(self, language: Language) -> bool:
+        import shutil
+
+        return language.command[0] == PYTHON or shutil.which(language.command[0]) is not None
+
+    def _run_setup(self, argv: list[str], write: tuple[str, str] | None, capture: OutputCapture) -> tuple[int, bool]:
+        work_dir = str(self.work_dir)
+        if write is not None:
+            with open(os.path.join(work_dir, write[0]), "w", encoding="utf-8") as handle:
+                handle.write(write[1])
+        argv = [self._python if part == PYTHON else part for part in argv]
+        env = block_environment(self._env_overrides)
+        outcome = run_block(argv, cwd=work_dir, env=env, timeout=self._setup_timeout, capture=capture)
+        return outcome.exit_code, outcome.timed_out
 
     def _delete_files(self, paths: list[str]) -> None:
         for path in paths:
