@@ -29,7 +29,7 @@ class ImportFromModule:
     """``from module import a, b as c``; ``imports`` may be given as a list (stored as a tuple)."""
 
     module: str
-    imports: tuple[Union[str, Alias], ...]
+    imports: Sequence[Union[str, Alias]]  # stored as a tuple
 
     def __post_init__(self) -> None:
         # A tuple keeps the object hashable when the caller passed a list.
