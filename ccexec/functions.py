@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Sequence, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Sequence, TypeVar, Union
 
 T = TypeVar("T")
 
@@ -63,6 +63,9 @@ class FunctionWithRequirements(Generic[T]):
     func: Callable[..., T]
     python_packages: Sequence[str] = field(default_factory=tuple)
     global_imports: Sequence[Import] = field(default_factory=tuple)
+
+    if TYPE_CHECKING:  # set by with_requirements (functools.update_wrapper); not dataclass fields
+        __name__: ClassVar[str]
 
     @classmethod
     def from_callable(

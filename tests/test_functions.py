@@ -30,7 +30,7 @@ def add_two_numbers(a: int, b: int) -> int:
 @with_requirements(global_imports=["math", ImportFromModule("os", ["sep"]), Alias("json", "js")])
 def circle_area(radius: float) -> str:
     """Return the area of a circle, as JSON."""
-    return js.dumps(round(math.pi * radius**2, 2))  # type: ignore[name-defined]  # noqa: F821
+    return str(js.dumps(round(math.pi * radius**2, 2)))  # type: ignore[name-defined]  # noqa: F821
 
 
 def _identity(func: Any) -> Any:
