@@ -23,19 +23,40 @@ from .errors import (
     InvalidArgumentError,
     VirtualEnvError,
 )
-from .functions import (
-    Alias,
-    FunctionWithRequirements,
-    FunctionWithRequirementsStr,
-    ImportFromModule,
-    with_requirements,
-)
 from .local import LocalCommandLineCodeExecutor
 from .markdown import extract_code_blocks
 from .results import BlockResult, CodeResult, CommandLineCodeResult
 from .venv import create_virtual_env
 
 __version__ = "0.1.0"
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
+if TYPE_CHECKING:
+    from .functions import (
+        Alias,
+        FunctionWithRequirements,
+        FunctionWithRequirementsStr,
+        ImportFromModule,
+        with_requirements,
+    )
+
+# Loaded on first use: the functions machinery (ast, inspect, textwrap) is not needed to run code.
+_LAZY = {
+    "Alias",
+    "FunctionWithRequirements",
+    "FunctionWithRequirementsStr",
+    "ImportFromModule",
+    "with_requirements",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from . import functions
+
+        return getattr(functions, name)
+    raise AttributeError(f"module 'ccexec' has no attribute {name!r}")
+
 
 __all__ = [
     "Alias",

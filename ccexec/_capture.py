@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
+if TYPE_CHECKING:
+    from typing import Callable, Optional
 
-OutputCallback = Optional[Callable[[bytes], object]]
+    OutputCallback = Optional[Callable[[bytes], object]]
 
 
 class OutputCapture:

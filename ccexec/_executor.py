@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
-from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .blocks import CodeBlock, Language, coerce_blocks, language_table, normalize_tag, requested_filename
 from .errors import FunctionSetupError, InvalidArgumentError
 from .results import BlockResult, CommandLineCodeResult
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
 if TYPE_CHECKING:
+    from pathlib import Path
+    from types import TracebackType
+    from typing import Any, Mapping, Sequence
+
     from typing_extensions import Self
 
     from ._capture import OutputCallback, OutputCapture
@@ -68,7 +69,7 @@ class BaseCommandLineExecutor:
         self._on_output = on_output
         # Absolute now: children run with the work dir as cwd, and docker reads a relative
         # mount source as a named volume.
-        self._requested_work_dir = None if work_dir is None else Path(work_dir).absolute()
+        self._requested_work_dir = None if work_dir is None else _path(work_dir).absolute()
         self._temp_dir: Any = None  # tempfile.TemporaryDirectory when work_dir is None
         self._lock = threading.RLock()
         self._running: set[Cancel] = set()
@@ -151,7 +152,7 @@ class BaseCommandLineExecutor:
                 import tempfile
 
                 self._temp_dir = tempfile.TemporaryDirectory(prefix="ccexec-")
-            return Path(self._temp_dir.name)
+            return _path(self._temp_dir.name)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -226,6 +227,7 @@ class BaseCommandLineExecutor:
         Cancelling the awaiting task kills the running block's processes, then re-raises.
         """
         import asyncio
+        import contextlib
 
         from ._process import Cancel
 
@@ -364,6 +366,12 @@ class BaseCommandLineExecutor:
 def _primary_tag(table: Mapping[str, Language], language: Language) -> str:
     """The first tag naming ``language`` (``python`` rather than ``py``)."""
     return next(tag for tag, value in table.items() if value is language)
+
+
+def _path(value: str | os.PathLike[str]) -> Path:
+    from pathlib import Path  # here: pathlib is slow to import and most calls never need it
+
+    return Path(value)
 
 
 async def _in_thread(func: Any) -> None:

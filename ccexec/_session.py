@@ -19,14 +19,13 @@ from ._capture import OutputCapture
 from ._docker_cli import RUN_DEADLINE, DockerCLI
 from ._process import Cancel, run_block
 from .blocks import FilenameOutsideWorkspace, host_code_path
+from .docker import WORKSPACE
 from .errors import ContainerGoneError, DockerError
 
 #: Seconds a block may overrun its deadline before the runner counts as hung.
 RUNNER_GRACE = 10.0
 #: Seconds close() waits for the attached client to end before removing the container.
 STOP_DEADLINE = 10.0
-#: Where the work dir is inside the container.
-WORKSPACE = "/workspace"
 
 
 class _Attached:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
+import posixpath
 from dataclasses import dataclass
-from pathlib import PurePosixPath
-from typing import Mapping, Sequence
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
+if TYPE_CHECKING:
+    from typing import Mapping, Sequence
 
 #: Placeholder in a language command for "the Python interpreter of this executor".
 PYTHON = "{python}"
@@ -82,16 +84,17 @@ def normalize_tag(tag: str) -> str:
 # `# filename: a b.py`, `// filename: x.js`, `<!-- filename: x.html -->`, `/* filename: x */`,
 # `-- filename: q.sql`. The keyword is required: AutoGen's legacy form took any first-line
 # comment as a name. Everything after the first colon is the name, so `c:d.txt` survives.
-_FILENAME_RE = re.compile(
-    r"^\s*(?:#|//|--|;|<!--|/\*)\s*filename\s*:\s*(?P<name>.+?)\s*(?:-->|\*/)?\s*$",
-    re.IGNORECASE,
-)
+_FILENAME_PATTERN = r"^\s*(?:#|//|--|;|<!--|/\*)\s*filename\s*:\s*(?P<name>.+?)\s*(?:-->|\*/)?\s*$"
 
 
 def requested_filename(code: str) -> str | None:
     """Return the name given by a ``# filename:`` first line, or None."""
     first = code.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
-    match = _FILENAME_RE.match(first)
+    if "filename" not in first.lower():  # the common case: no regex (nor `re` import) needed
+        return None
+    import re
+
+    match = re.match(_FILENAME_PATTERN, first, re.IGNORECASE)
     if match is None:
         return None
     name = match.group("name").strip().strip("\"'`").strip()
@@ -123,21 +126,13 @@ def container_relative_path(name: str, root: str) -> str:
     """
     if not name or "\x00" in name:
         raise FilenameOutsideWorkspace(name)
-    path = PurePosixPath(name)
-    if not path.is_absolute():
-        path = PurePosixPath(root) / path
-    parts: list[str] = []
-    for part in path.parts[1:]:
-        if part == "..":
-            if not parts:
-                raise FilenameOutsideWorkspace(name)
-            parts.pop()
-        elif part != ".":
-            parts.append(part)
-    root_parts = list(PurePosixPath(root).parts[1:])
-    if parts[: len(root_parts)] != root_parts or len(parts) == len(root_parts):
+    path = posixpath.normpath(posixpath.join(root, name))
+    if path.startswith("//"):  # normpath keeps a leading double slash
+        path = "/" + path.lstrip("/")
+    prefix = root.rstrip("/") + "/"
+    if not path.startswith(prefix) or path == root:
         raise FilenameOutsideWorkspace(name)
-    return "/".join(parts[len(root_parts) :])
+    return path[len(prefix) :]
 
 
 def generated_filename(code: str, extension: str) -> str:

@@ -10,34 +10,42 @@ ends (even by SIGKILL) the runner sees its stdin close and the container ends.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import time
 import weakref
-from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
 
-from ._capture import OutputCallback, OutputCapture
-from ._docker_cli import ClientCommand, DockerCLI, run_options
+from ._capture import OutputCapture
 from ._executor import DEFAULT_MAX_OUTPUT_BYTES, BaseCommandLineExecutor
-from ._process import Cancel
-from ._session import WAITER, WORKSPACE, ExecSession, RunnerSession
 from .blocks import CodeBlock, FilenameOutsideWorkspace, Language, container_relative_path, generated_filename
 from .errors import DockerError, InvalidArgumentError
 from .results import TIMEOUT_EXIT_CODE, BlockResult
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
+if TYPE_CHECKING:
+    # The CLI and session modules load when an executor is created, not on `import ccexec`.
+    from pathlib import Path
+    from typing import Any, Mapping, Sequence, Union
+
+    from ._capture import OutputCallback
+    from ._docker_cli import ClientCommand, DockerCLI
+    from ._process import Cancel
+    from ._session import ExecSession, RunnerSession
+
+    _Session = Union[RunnerSession, ExecSession]
+
+#: Where the work dir is inside the container.
+WORKSPACE = "/workspace"
 #: Label every ccexec container carries; ``python -m ccexec gc`` looks for it.
 LABEL = "org.ccexec"
 #: The ways blocks reach the container (see the class docstring).
 MODES = ("runner", "exec")
-_RUNNER_SOURCE_FILE = Path(__file__).with_name("_runner_main.py")
+_RUNNER_SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_runner_main.py")
 # Prefer python3 (some images have no `python`); fall back to python.
 _BOOT = 'command -v python3 >/dev/null && exec python3 -c "$0" || exec python -c "$0"'
 # The main process of a container that outlives us (stop_container=False): sleeps until stopped.
 _KEEPALIVE = 'trap "exit 0" TERM; while :; do sleep 3600 & wait $!; done'
 _BLOCK_ENV = {"PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}
 _live: weakref.WeakSet[DockerCommandLineCodeExecutor] = weakref.WeakSet()
-_Session = Union[RunnerSession, ExecSession]
 
 
 class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
@@ -117,6 +125,8 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
         if mode not in MODES:
             raise InvalidArgumentError(f"mode must be one of {MODES}, got {mode!r}", mode=mode)
         self._mode = mode
+        from ._docker_cli import DockerCLI, run_options
+
         self._cli = DockerCLI(docker)
         self._mount_work_dir = mount_work_dir
         self._options = run_options(
@@ -151,7 +161,11 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
     @property
     def bind_dir(self) -> Path:
         """The host path mounted at /workspace (``work_dir`` unless ``bind_dir`` was given)."""
-        return Path(self._bind_dir) if self._bind_dir is not None else self.work_dir
+        if self._bind_dir is None:
+            return self.work_dir
+        from pathlib import Path
+
+        return Path(self._bind_dir)
 
     @property
     def mounts_work_dir(self) -> bool:
@@ -188,6 +202,8 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
             )
 
     def _start_session(self) -> _Session:
+        from ._session import WAITER, ExecSession, RunnerSession
+
         name, image = self._container_name, self._image
         if self._stop_container:
             # The container's main process is attached to us: it ends when we do.
@@ -301,6 +317,8 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
             "timeout": self._setup_timeout,
             "env": _BLOCK_ENV,
         }
+        from ._process import Cancel
+
         cancel = Cancel()
         try:
             outcome = session.run(request, capture, cancel, self._setup_timeout)
@@ -333,6 +351,8 @@ def collect_garbage(docker: ClientCommand = "docker", *, dry_run: bool = False) 
     Only containers carrying ccexec's label, created on this host, whose owner pid no longer
     runs (or now belongs to a newer process) are touched; nothing else ever is.
     """
+    from ._docker_cli import DockerCLI
+
     cli = DockerCLI(docker)
     labels = ("owner-pid", "owner-start", "host")
     template = "{{.Names}}" + "".join(f'\t{{{{.Label "{LABEL}.{label}"}}}}' for label in labels)
@@ -353,7 +373,8 @@ def collect_garbage(docker: ClientCommand = "docker", *, dry_run: bool = False) 
 
 
 def _runner_source() -> str:
-    return _RUNNER_SOURCE_FILE.read_text(encoding="utf-8")
+    with open(_RUNNER_SOURCE_FILE, encoding="utf-8") as handle:
+        return handle.read()
 
 
 def _engine_is_remote(cli: DockerCLI) -> bool:
@@ -380,5 +401,7 @@ def _process_start_time(pid: int) -> str:
 @atexit.register
 def _stop_all() -> None:
     for executor in list(_live):
-        with contextlib.suppress(Exception):  # best effort at interpreter exit
+        try:
             executor.stop()
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            continue

@@ -8,7 +8,9 @@ each keeps its data as attributes and survives pickling.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class CcexecError(Exception):

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
 import warnings
-from types import SimpleNamespace
-from typing import Any, Mapping, Sequence
 
-from ._capture import OutputCallback, OutputCapture
+from ._capture import OutputCapture
 from ._executor import DEFAULT_MAX_OUTPUT_BYTES, BaseCommandLineExecutor
-from ._process import Cancel, block_environment, run_block
 from .blocks import PYTHON, CodeBlock, FilenameOutsideWorkspace, Language, generated_filename, host_code_path
 from .errors import InvalidArgumentError
 from .results import TIMEOUT_EXIT_CODE, BlockResult, describe_exit
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
+if TYPE_CHECKING:
+    from types import SimpleNamespace
+    from typing import Any, Mapping, Sequence
+
+    from ._capture import OutputCallback
+    from ._process import Cancel
 
 _warned = False
 
@@ -108,6 +112,8 @@ class LocalCommandLineCodeExecutor(BaseCommandLineExecutor):
         with open(path, "w", encoding="utf-8", newline="") as handle:
             handle.write(block.code)
         argv = language.argv(path, self._python)
+        from ._process import block_environment, run_block
+
         capture = OutputCapture(self._max_output_bytes, self._on_output)
         started = time.monotonic()
         try:
@@ -151,14 +157,18 @@ class LocalCommandLineCodeExecutor(BaseCommandLineExecutor):
             with open(os.path.join(work_dir, write[0]), "w", encoding="utf-8") as handle:
                 handle.write(write[1])
         argv = [self._python if part == PYTHON else part for part in argv]
+        from ._process import block_environment, run_block
+
         env = block_environment(self._env_overrides)
         outcome = run_block(argv, cwd=work_dir, env=env, timeout=self._setup_timeout, capture=capture)
         return outcome.exit_code, outcome.timed_out
 
     def _delete_files(self, paths: list[str]) -> None:
         for path in paths:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.remove(path)
+            except FileNotFoundError:
+                continue  # the block deleted its own file
 
 
 def _venv_settings(context: Any) -> tuple[str, dict[str, str | None]]:

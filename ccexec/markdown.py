@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 from .blocks import CodeBlock
 
 # An opening fence: any indentation, 3+ backticks or tildes, then the info string.
-_OPEN_RE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
+_OPEN_PATTERN = r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$"
 _SHELL_COMMANDS = frozenset(
     [
         "pip",
@@ -64,11 +62,14 @@ def extract_code_blocks(text: str) -> list[CodeBlock]:
     unterminated block (a reply cut off mid-code) is dropped rather than run half-written.
     Never raises for any text.
     """
+    import re
+
+    opening = re.compile(_OPEN_PATTERN)
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     blocks: list[CodeBlock] = []
     index = 0
     while index < len(lines):
-        match = _OPEN_RE.match(lines[index])
+        match = opening.match(lines[index])
         index += 1
         if match is None:
             continue

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass, field
-from typing import Sequence
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
+if TYPE_CHECKING:
+    from typing import Sequence
 
 #: Exit code reported for a block stopped at its deadline (as GNU ``timeout`` and AutoGen do).
 TIMEOUT_EXIT_CODE = 124
@@ -68,6 +70,8 @@ class CommandLineCodeResult(CodeResult):
 
 def describe_exit(exit_code: int) -> str:
     """Return a short human reading of an exit code, naming signals (``SIGKILL``)."""
+    import signal
+
     number = -exit_code if exit_code < 0 else exit_code - 128 if 128 < exit_code < 160 else 0
     if number:
         try:

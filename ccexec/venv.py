@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from types import SimpleNamespace
 
 from .errors import VirtualEnvError
@@ -29,6 +28,7 @@ def create_virtual_env(
 
     Raises VirtualEnvError when the venv cannot be created or its Python does not run.
     """
+    import subprocess
     import venv  # here, not at import time: it pulls in logging and sysconfig
 
     class _ContextKeepingBuilder(venv.EnvBuilder):

@@ -514,3 +514,71 @@ def test_socket_permission_denied(docker_engine: str) -> None:
     )  # fmt: skip
     assert done.stdout.startswith("permission:"), done.stdout + done.stderr
     assert "docker' group" in done.stdout
+
+
+# -- user functions in the container ----------------------------------------------------------
+
+PIP_CA = "/ccexec-ca.crt"
+
+
+def add_two_numbers(a: int, b: int) -> int:
+    """Add two numbers together."""
+    return a + b
+
+
+def test_functions_in_container(docker_engine: str, tmp_path: Path) -> None:
+    """A plain function is importable in the container; the output is exactly the print."""
+    broken = ccexec.FunctionWithRequirements.from_str("def boom(x):\n    return x + 1\n")
+    with make(docker_engine, tmp_path, functions=[add_two_numbers, broken]) as executor:
+        code = "from functions import add_two_numbers\nprint(add_two_numbers(1, 2))"
+        assert executor.execute_code_blocks([CodeBlock(code, "python")]).output == "3\n"
+        failing = executor.execute_code_blocks([CodeBlock("from functions import boom\nboom('a')", "python")])
+        assert failing.exit_code == 1
+        assert "TypeError" in failing.output
+        assert "/workspace" in executor.code_writer_system_message()
+
+
+def test_function_package_installed_in_container(docker_engine: str, tmp_path: Path) -> None:
+    """A function's package is pip-installed inside the container, reaching the index through the proxy CA."""
+    ca = os.environ.get("SSL_CERT_FILE") or os.environ.get("PIP_CERT")
+    func = ccexec.FunctionWithRequirements.from_str(
+        "def six_version():\n    return six.__version__\n", python_packages=["six==1.16.0"], global_imports=["six"]
+    )
+    options: dict[str, Any] = {}
+    if ca:
+        options = {"extra_volumes": [f"{ca}:{PIP_CA}:ro"], "env": {"PIP_CERT": PIP_CA, "SSL_CERT_FILE": PIP_CA}}
+    with make(docker_engine, tmp_path, functions=[func], setup_timeout=180, **options) as executor:
+        code = "from functions import six_version\nprint(six_version())"
+        result = executor.execute_code_blocks([CodeBlock(code, "python")])
+    assert (result.exit_code, result.output) == (0, "1.16.0\n")
+
+
+def test_missing_import_in_container(docker_engine: str, tmp_path: Path) -> None:
+    """A function whose import does not exist in the image fails setup with ValueError."""
+    func = ccexec.FunctionWithRequirements.from_str("def f():\n    return 1\n", global_imports=["ccexec_nope"])
+    with make(docker_engine, tmp_path, functions=[func]) as executor, pytest.raises(ValueError, match="ccexec_nope"):
+        executor.execute_code_blocks([CodeBlock("print(1)", "python")])
+
+
+@pytest.fixture
+def image_without_pip(docker_engine: str) -> Iterator[str]:
+    """The test image with pip removed (made here, removed afterwards)."""
+    name = f"{TEST_PREFIX}nopip-{os.urandom(3).hex()}"
+    image = f"ccexec-test/nopip:{os.urandom(3).hex()}"
+    subprocess.run(
+        ["docker", "run", "--name", name, docker_engine, "sh", "-c", "rm -rf /usr/lib/python3/dist-packages/pip"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(["docker", "commit", name, image], check=True, capture_output=True)
+    subprocess.run(["docker", "rm", name], check=True, capture_output=True)
+    yield image
+    subprocess.run(["docker", "rmi", image], check=False, capture_output=True)
+
+
+def test_image_without_pip_says_so(image_without_pip: str, tmp_path: Path) -> None:
+    """Packages requested in an image without pip give a clear error saying so."""
+    func = ccexec.FunctionWithRequirements.from_str("def f():\n    return 1\n", python_packages=["six"])
+    executor = make(image_without_pip, tmp_path, functions=[func])
+    with executor, pytest.raises(ccexec.FunctionSetupError, match="has no pip"):
+        executor.execute_code_blocks([CodeBlock("print(1)", "python")])
