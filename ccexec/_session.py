@@ -47,9 +47,11 @@ class _Attached:
         threading.Thread(target=self._read_stderr, name=f"ccexec-{name}-err", daemon=True).start()
 
     def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in iter(self.proc.stderr.readline, b""):
-            self._stderr.append(line)
+        stream = self.proc.stderr
+        assert stream is not None
+        with stream:  # closed at EOF, by this thread, which is the only reader
+            for line in iter(stream.readline, b""):
+                self._stderr.append(line)
 
     def stderr_text(self) -> str:
         return b"".join(self._stderr).decode("utf-8", "replace").strip()
@@ -66,6 +68,14 @@ class _Attached:
                 remove_container(self.cli, self.name)
             self.proc.kill()
             return self.proc.wait()
+
+    def discard(self) -> None:
+        """Kill the client (it failed to start) and release its stdin."""
+        self.proc.kill()
+        self.proc.wait()
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
 
     def gone_error(self) -> ContainerGoneError:
         code = self.proc.wait()
@@ -111,8 +121,7 @@ class RunnerSession:
         threading.Thread(target=self._read_frames, name=f"ccexec-{name}-out", daemon=True).start()
         if not self._ready.wait(RUN_DEADLINE) or not self.alive:
             timed_out = not self._ready.is_set()
-            self._client.proc.kill()
-            self._client.proc.wait()
+            self._client.discard()
             if owns_container:
                 remove_container(cli, name)
             reason = f"the container did not start within {RUN_DEADLINE:g} s" if timed_out else ""
@@ -123,7 +132,7 @@ class RunnerSession:
 
         stream = self._client.proc.stdout
         assert stream is not None
-        try:
+        try:  # the stream is closed at EOF, by this thread, which is its only reader
             for header in iter(stream.readline, b""):
                 kind, _, rest = header.rstrip(b"\n").partition(b" ")
                 if kind == b"o":
@@ -143,6 +152,7 @@ class RunnerSession:
                     self.alive = True
                     self._ready.set()
         finally:
+            stream.close()
             self.alive = False
             self._ready.set()
             for pending in list(self._pending.values()):
@@ -223,7 +233,8 @@ class ExecSession:
         main = _Attached(cli, args, name)
         assert main.proc.stdout is not None
         if main.proc.stdout.readline() != b"ready\n":
-            main.proc.wait()
+            main.discard()
+            main.proc.stdout.close()
             raise cli.error(main.argv, main.stderr_text(), image=image)
         return cls(cli, name, main, host_work_dir)
 
@@ -294,4 +305,6 @@ class ExecSession:
         """End the waiter (so the container) when it is ours."""
         if self._main is not None:
             self._main.close(remove=True)
+            assert self._main.proc.stdout is not None
+            self._main.proc.stdout.close()  # read only for the ready line
         self._open = False

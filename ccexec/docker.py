@@ -190,6 +190,8 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
         with self._lock:
             if self._session is not None and self._session.alive:
                 return
+            if self._session is not None:  # its container died: release what is left of it
+                self._session.close()
             self._session = self._start_session()
             self._functions_ready = not self._functions  # a new container needs the packages again
         info = self._session.info

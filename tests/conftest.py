@@ -46,7 +46,7 @@ def wait_gone(pids: list[int], within: float = 2.0) -> list[int]:
 
 def read_pids(path: Path) -> list[int]:
     """Read the pids a block wrote, one per line."""
-    return [int(line) for line in path.read_text().split()]
+    return [int(line) for line in path.read_text(encoding="utf-8").split()]
 
 
 HELPERS = Path(__file__).parent / "helpers"

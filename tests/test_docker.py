@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -84,7 +86,7 @@ def test_saved_file_equals_code_and_is_on_host(docker_engine: str, tmp_path: Pat
         result = executor.execute_code_blocks([CodeBlock(code, "python")])
     assert result.exit_code == 0
     assert result.code_file == str(tmp_path / "pkg" / "saved.py")
-    assert (tmp_path / "pkg" / "saved.py").read_text() == code
+    assert (tmp_path / "pkg" / "saved.py").read_text(encoding="utf-8") == code
 
 
 def test_timeout_kills_and_marker_is_never_written(docker_engine: str, tmp_path: Path) -> None:
@@ -108,9 +110,11 @@ def test_timeout_kills_and_marker_is_never_written(docker_engine: str, tmp_path:
 def test_timeout_kills_stubborn_tree(docker_engine: str, tmp_path: Path) -> None:
     """TERM-ignoring children, grandchildren and setsid daemons in the container all die."""
     with make(docker_engine, tmp_path, timeout=2) as executor:
-        result = executor.execute_code_blocks([CodeBlock((HELPERS / "stubborn_tree.py").read_text(), "python")])
+        result = executor.execute_code_blocks(
+            [CodeBlock((HELPERS / "stubborn_tree.py").read_text(encoding="utf-8"), "python")]
+        )
         assert result.exit_code == 124, result.output
-        assert len((tmp_path / "pids.txt").read_text().split()) == 5
+        assert len((tmp_path / "pids.txt").read_text(encoding="utf-8").split()) == 5
         assert executor.execute_code_blocks([CodeBlock(PROCESS_COUNT, "python")]).output == "1\n"
 
 
@@ -221,9 +225,9 @@ def test_execution_without_start(docker_engine: str, tmp_path: Path) -> None:
 def test_extra_volumes_init_command_extra_hosts(docker_engine: str, tmp_path: Path) -> None:
     """Both volume forms mount, init_command ran once before blocks, extra_hosts resolve."""
     (tmp_path / "data1").mkdir()
-    (tmp_path / "data1" / "a.txt").write_text("from dict")
+    (tmp_path / "data1" / "a.txt").write_text("from dict", encoding="utf-8")
     (tmp_path / "data2").mkdir()
-    (tmp_path / "data2" / "b.txt").write_text("from string")
+    (tmp_path / "data2" / "b.txt").write_text("from string", encoding="utf-8")
     work = tmp_path / "work"
     code = textwrap.dedent(
         """
@@ -250,7 +254,7 @@ def test_extra_volumes_init_command_extra_hosts(docker_engine: str, tmp_path: Pa
 def test_extra_volumes_string_form(docker_engine: str, tmp_path: Path) -> None:
     """extra_volumes also takes 'src:dst:mode' strings."""
     (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "f.txt").write_text("plain")
+    (tmp_path / "d" / "f.txt").write_text("plain", encoding="utf-8")
     with make(docker_engine, tmp_path / "w", extra_volumes=[f"{tmp_path / 'd'}:/d:ro"]) as executor:
         assert executor.execute_code_blocks([CodeBlock("cat /d/f.txt", "sh")]).output == "plain"
 
@@ -278,7 +282,7 @@ def test_keeps_tmp_files_by_default(executor: DockerCommandLineCodeExecutor) -> 
     """By default (AutoGen's delete_tmp_files=False) the generated file stays."""
     result = executor.execute_code_blocks([CodeBlock("print(1)", "python")])
     assert result.code_file is not None
-    assert Path(result.code_file).read_text() == "print(1)"
+    assert Path(result.code_file).read_text(encoding="utf-8") == "print(1)"
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -398,6 +402,7 @@ def test_sigkill_of_host_process_removes_container(docker_engine: str, tmp_path:
     time.sleep(0.3)
     child.send_signal(signal.SIGKILL)
     child.wait()
+    child.stdout.close()
     start = time.monotonic()
     assert wait_state(name, "gone", 10) == "gone"
     print(f"container gone {time.monotonic() - start:.2f} s after SIGKILL")
@@ -498,6 +503,11 @@ def test_invalid_mode(tmp_path: Path) -> None:
 )
 def test_socket_permission_denied(docker_engine: str) -> None:
     """A user who may not use the engine's socket gets EnginePermissionError saying what to do."""
+    # A copy of the package that the unprivileged user can read, wherever the checkout is.
+    readable = Path(tempfile.mkdtemp(prefix="ccexec-perm-"))
+    shutil.copytree(ROOT / "ccexec", readable / "ccexec")
+    for path in [readable, *readable.rglob("*")]:
+        path.chmod(0o755)
     script = textwrap.dedent(
         f"""
         import ccexec
@@ -507,11 +517,12 @@ def test_socket_permission_denied(docker_engine: str) -> None:
             print("permission:", exc)
         """
     )
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": "/tmp"}
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(readable), "HOME": "/tmp"}
     done = subprocess.run(
         ["/usr/bin/python3", "-c", script], user=65534, group=65534, env=env, capture_output=True, encoding="utf-8",
         cwd="/", timeout=60, check=False,
     )  # fmt: skip
+    shutil.rmtree(readable)
     assert done.stdout.startswith("permission:"), done.stdout + done.stderr
     assert "docker' group" in done.stdout
 

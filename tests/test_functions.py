@@ -68,7 +68,7 @@ def test_module_has_imports_first_and_no_decorators(tmp_path: Path) -> None:
     code = "from tools import circle_area, decorated_thrice\nprint(circle_area(1.0), decorated_thrice(2))"
     result = executor.execute_code_blocks([CodeBlock(code, "python")])
     assert (result.exit_code, result.output) == (0, "3.14 6\n")
-    text = (tmp_path / "tools.py").read_text()
+    text = (tmp_path / "tools.py").read_text(encoding="utf-8")
     assert text.startswith("import json as js\nimport math\nfrom os import sep\n")
     assert "@" not in text
 

@@ -130,7 +130,7 @@ def test_filename_comment_names_the_file(local: LocalCommandLineCodeExecutor, tm
     assert result.exit_code == 0, result.output
     path = tmp_path / "sub dir" / "my:script.py"
     assert result.code_file == str(path)
-    assert path.read_text() == code
+    assert path.read_text(encoding="utf-8") == code
 
 
 @pytest.mark.parametrize("name", ["../escape.py", "/tmp/abs.py", "a/../../x.py", "link/x.py", ".", ""])
@@ -170,7 +170,7 @@ def test_no_cleanup_keeps_files(tmp_path: Path) -> None:
     executor = make(tmp_path, cleanup_temp_files=False)
     result = executor.execute_code_blocks([CodeBlock("print(1)", "python")])
     assert result.code_file is not None
-    assert Path(result.code_file).read_text() == "print(1)"
+    assert Path(result.code_file).read_text(encoding="utf-8") == "print(1)"
 
 
 def test_same_code_concurrently_does_not_collide(tmp_path: Path) -> None:
@@ -208,7 +208,7 @@ def test_timeout_keeps_partial_output(tmp_path: Path) -> None:
 def test_timeout_kills_the_whole_tree(tmp_path: Path) -> None:
     """Children, grandchildren, TERM-ignoring and setsid'd processes are all dead on return."""
     executor = make(tmp_path, timeout=2)
-    code = (HELPERS / "stubborn_tree.py").read_text()
+    code = (HELPERS / "stubborn_tree.py").read_text(encoding="utf-8")
     result = executor.execute_code_blocks([CodeBlock(code, "python")])
     assert result.exit_code == 124, result.output
     pids = read_pids(tmp_path / "pids.txt")
@@ -348,7 +348,7 @@ def test_missing_parents_of_work_dir_are_created(tmp_path: Path) -> None:
 
 def test_work_dir_that_is_a_file_raises(tmp_path: Path) -> None:
     """A work_dir that is a file gives a clear ValueError."""
-    (tmp_path / "file").write_text("")
+    (tmp_path / "file").write_text("", encoding="utf-8")
     executor = make(tmp_path / "file")
     with pytest.raises(ValueError, match="work_dir"):
         executor.execute_code_blocks([CodeBlock("print(1)", "python")])
@@ -415,7 +415,7 @@ def test_async_execution(tmp_path: Path) -> None:
 def test_async_cancellation_kills_the_tree(tmp_path: Path) -> None:
     """Cancelling the awaiting task kills every process of the block before it propagates."""
     executor = make(tmp_path, timeout=60)
-    code = (HELPERS / "stubborn_tree.py").read_text()
+    code = (HELPERS / "stubborn_tree.py").read_text(encoding="utf-8")
 
     async def main() -> list[int]:
         task = asyncio.ensure_future(executor.aexecute_code_blocks([CodeBlock(code, "python")]))
