@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 WORKSPACE = "/workspace"
 #: Label every ccexec container carries; ``python -m ccexec gc`` looks for it.
 LABEL = "org.ccexec"
+#: What ``hardened=True`` sets, unless given explicitly (plus read_only, cap_drop=ALL,
+#: no-new-privileges and a non-root user: see the README's security model).
+HARDENED: dict[str, Any] = {"network": "none", "memory": "512m", "cpus": 1.0, "pids_limit": 256}
 #: The ways blocks reach the container (see the class docstring).
 MODES = ("runner", "exec")
 _RUNNER_SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_runner_main.py")
@@ -60,6 +63,9 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
 
     Keyword-only additions to AutoGen's parameters (see the README):
         docker: the client command, ``"docker"``, ``"podman"`` or an argv list.
+        hardened: defaults for untrusted code: no network, read-only root with a tmpfs /tmp,
+            all capabilities dropped, no-new-privileges, 512 MiB (no swap), 1 CPU, 256
+            pids, and a non-root user; each can still be set explicitly.
         mount_work_dir: None picks by itself (no mount when the engine is remote); False
             sends code over the CLI only, True forces the bind mount.
         gpus, network, memory, cpus, pids_limit, read_only, user, cap_drop, security_opt:
@@ -87,12 +93,13 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
         docker: ClientCommand = "docker",
         mount_work_dir: bool | None = None,
         mode: str = "runner",
+        hardened: bool = False,
         gpus: str | None = None,
         network: str | None = None,
         memory: str | None = None,
         cpus: float | None = None,
         pids_limit: int | None = None,
-        read_only: bool = False,
+        read_only: bool | None = None,
         user: str | None = None,
         cap_drop: Sequence[str] = (),
         security_opt: Sequence[str] = (),
@@ -129,6 +136,16 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
 
         self._cli = DockerCLI(docker)
         self._mount_work_dir = mount_work_dir
+        if hardened:
+            network = HARDENED["network"] if network is None else network
+            memory = HARDENED["memory"] if memory is None else memory
+            cpus = HARDENED["cpus"] if cpus is None else cpus
+            pids_limit = HARDENED["pids_limit"] if pids_limit is None else pids_limit
+            read_only = True if read_only is None else read_only
+            cap_drop = cap_drop or ("ALL",)
+            security_opt = security_opt or ("no-new-privileges",)
+            user = user or _unprivileged_user()
+        self._hardened_user = user if hardened else None
         self._options = run_options(
             extra_volumes=extra_volumes,
             extra_hosts=extra_hosts,
@@ -137,7 +154,7 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
             memory=memory,
             cpus=cpus,
             pids_limit=pids_limit,
-            read_only=read_only,
+            read_only=bool(read_only),
             user=user,
             cap_drop=cap_drop,
             security_opt=security_opt,
@@ -192,6 +209,7 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
                 return
             if self._session is not None:  # its container died: release what is left of it
                 self._session.close()
+            self._prepare_work_dir_for_user()
             self._session = self._start_session()
             self._functions_ready = not self._functions  # a new container needs the packages again
         info = self._session.info
@@ -202,6 +220,11 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
                 f"init_command {self._init_command!r} failed with exit code {info['init_exit_code']}: {output}",
                 output=output,
             )
+
+    def _prepare_work_dir_for_user(self) -> None:
+        """Let the unprivileged container user write the work dir when we run as root."""
+        if self._hardened_user == _NOBODY and self.mounts_work_dir and os.geteuid() == 0:
+            os.chown(self.work_dir, 65534, 65534)
 
     def _start_session(self) -> _Session:
         from ._session import WAITER, ExecSession, RunnerSession
@@ -299,6 +322,10 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
             capture.add_note(f"Timeout: the block ran longer than {self._timeout:g} s and was stopped\n")
         elif outcome.get("cancelled"):
             capture.add_note("Cancelled: the block was stopped before it finished\n")
+        elif exit_code == 137:
+            capture.add_note(
+                "ccexec: the process was killed (SIGKILL); under a memory limit this means it ran out of memory\n"
+            )
         return BlockResult(
             language=block.language,
             exit_code=exit_code,
@@ -389,6 +416,15 @@ def _engine_is_remote(cli: DockerCLI) -> bool:
         endpoint = done.stdout.decode().strip()
         return bool(endpoint) and not endpoint.startswith(("unix://", "npipe://"))
     return False
+
+
+_NOBODY = "65534:65534"
+
+
+def _unprivileged_user() -> str:
+    """This user's uid:gid (files in the work dir stay theirs), or nobody when we are root."""
+    uid, gid = os.getuid(), os.getgid()
+    return _NOBODY if uid == 0 else f"{uid}:{gid}"
 
 
 def _process_start_time(pid: int) -> str:

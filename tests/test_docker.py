@@ -593,3 +593,59 @@ def test_image_without_pip_says_so(image_without_pip: str, tmp_path: Path) -> No
     executor = make(image_without_pip, tmp_path, functions=[func])
     with executor, pytest.raises(ccexec.FunctionSetupError, match="has no pip"):
         executor.execute_code_blocks([CodeBlock("print(1)", "python")])
+
+
+# -- hardened preset -----------------------------------------------------------------------------
+
+HARDENED_PROBE = r"""
+import os, subprocess
+status = dict(line.split(":\t", 1) for line in open("/proc/self/status").read().splitlines() if ":\t" in line)
+print("uid", os.getuid())
+print("interfaces", sorted(os.listdir("/sys/class/net")))
+print("cap_eff", status["CapEff"].strip())
+print("no_new_privs", status["NoNewPrivs"].strip())
+for path in ("/usr/ccexec-probe", "/tmp/ccexec-probe", "/workspace/probe.txt"):
+    try:
+        open(path, "w").close()
+        print(path, "writable")
+    except OSError as exc:
+        print(path, exc.strerror)
+children = []
+try:
+    for _ in range(400):
+        children.append(subprocess.Popen(["sleep", "5"]))
+except OSError:
+    pass
+print("forks", len(children))
+for child in children:
+    child.kill()
+"""
+
+
+def test_hardened_defaults_hold(docker_engine: str, tmp_path: Path) -> None:
+    """hardened=True: no network, read-only root, tmpfs /tmp, no capabilities, no new privileges,
+    a pids limit, a non-root user whose files in the work dir are not root's."""
+    with make(docker_engine, tmp_path, hardened=True, timeout=20) as executor:
+        result = executor.execute_code_blocks([CodeBlock(HARDENED_PROBE, "python")])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split(" ", 1) for line in result.output.splitlines())
+    assert lines["uid"] != "0"
+    assert lines["interfaces"] == "['lo']"
+    assert lines["cap_eff"] == "0000000000000000"
+    assert lines["no_new_privs"] == "1"
+    assert lines["/usr/ccexec-probe"] == "Read-only file system"
+    assert lines["/tmp/ccexec-probe"] == "writable"
+    assert lines["/workspace/probe.txt"] == "writable"
+    assert (tmp_path / "probe.txt").stat().st_uid != 0
+    assert int(lines["forks"]) < 256
+
+
+def test_memory_limit_reports_oom(docker_engine: str, tmp_path: Path) -> None:
+    """A block allocating far past its memory limit is killed: exit 137 and a line saying why."""
+    with make(docker_engine, tmp_path, memory="128m") as executor:
+        result = executor.execute_code_blocks(
+            [CodeBlock("x = bytearray(1024 * 1024 * 1024)\nprint('survived')", "python")]
+        )
+        assert result.exit_code == 137
+        assert "out of memory" in result.output
+        assert executor.execute_code_blocks([CodeBlock("print('still here')", "python")]).output == "still here\n"
