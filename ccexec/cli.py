@@ -54,7 +54,23 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--docker", default="docker", help="client command (default: docker; e.g. podman)")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed")
     gc.set_defaults(handler=_gc)
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the container engine: client, engine, rootless, image, bind mounts",
+        description="Check what ccexec's Docker executor needs: the client binary, a reachable engine "
+        "(DOCKER_HOST / context), rootless or not, the image, and whether bind mounts of this host's paths "
+        "reach the engine. Prints one line per check and advice for each failure; exits 1 if any failed.",
+    )
+    doctor.add_argument("--docker", default="docker", help="client command (default: docker; e.g. podman)")
+    doctor.add_argument("--image", default="python:3-slim", help="image to look for (default: python:3-slim)")
+    doctor.set_defaults(handler=_doctor)
     return parser
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import report
+
+    return report(args.docker, args.image)
 
 
 def _gc(args: argparse.Namespace) -> int:
