@@ -109,6 +109,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ccexec: no code blocks found in {args.file}", file=sys.stderr)
         return 0
     on_output = None if args.json else _stream_to_stdout
+    sys.stdout.flush()  # output is streamed to the binary buffer below: keep earlier text first
     import warnings
 
     with warnings.catch_warnings():
