@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests", "package"]
+nox.options.sessions = ["lint", "typecheck", "tests", "versions", "package", "integrations"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -57,11 +60,77 @@ def package(session: nox.Session) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    if "ccexec/py.typed" not in names:
-        session.error("the wheel does not ship ccexec/py.typed")
+    for required in ("ccexec/py.typed", "ccexec/_runner_main.py", "ccexec/integrations/autogen.py"):
+        if required not in names:
+            session.error(f"the wheel does not ship {required}")
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     if requires:
         session.error(f"the wheel declares runtime dependencies: {requires}")
     session.log(f"{wheel.name}: {len(names)} files, no dependencies, py.typed shipped")
     for name in os.listdir(dist):
         (dist / name).unlink()
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks against AutoGen (needs the engine and test image): writes benchmarks/RESULTS.md."""
+    session.install("autogen-ext[docker]==0.7.5")
+    session.run("python", "benchmarks/run_all.py", env={"PYTHONPATH": str(ROOT)})
+
+
+@nox.session
+def integrations(session: nox.Session) -> None:
+    """The AutoGen and AG2 adapters inside the pinned frameworks; a missing framework fails, not skips."""
+    session.install(*_group("test"), *_group("integrations"))
+    session.run(
+        "pytest",
+        "tests/test_integrations.py",
+        *(session.posargs or ["-q"]),
+        env={"CCEXEC_REQUIRE_FRAMEWORKS": "1", "PYTHONWARNDEFAULTENCODING": "1", "PYTHONDEVMODE": "1"},
+    )
+
+
+#: The oldest and newest Python that ccexec claims (pyproject's requires-python and classifiers).
+CLAIMED_PYTHONS = ("3.9", "3.13")
+#: The tests that need no container engine: they prove the local executor and the package.
+LOCAL_TESTS = [
+    "tests/test_local.py",
+    "tests/test_cli.py",
+    "tests/test_functions.py",
+    "tests/test_markdown.py",
+    "tests/test_units.py",
+    "tests/test_venv.py",
+    "tests/test_vendoring.py",
+    "tests/test_packaging.py",
+]
+
+
+def _find_python(version: str) -> str | None:
+    """A working interpreter of ``version``: on PATH, pyenv's, or the system's."""
+    candidates = [shutil.which(f"python{version}")]
+    candidates += sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python{version}")))
+    candidates.append(f"/usr/bin/python{version}")
+    for candidate in candidates:
+        if candidate and os.path.exists(candidate):
+            probe = subprocess.run([candidate, "--version"], capture_output=True, check=False)
+            if probe.returncode == 0:
+                return candidate
+    return None
+
+
+@nox.session(python=False)
+def versions(session: nox.Session) -> None:
+    """The engine-free tests on the oldest and newest Python claimed, each in its own venv."""
+    for version in CLAIMED_PYTHONS:
+        python = _find_python(version)
+        if python is None:
+            session.error(f"no Python {version} found (PATH, ~/.pyenv/versions, /usr/bin); install one")
+        venv = Path(session.cache_dir) / f"py{version}"
+        if not (venv / "bin" / "pytest").exists():
+            session.run(python, "-m", "venv", "--clear", str(venv), external=True)
+            session.run(str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *_group("test"), external=True)
+        session.log(f"Python {version}: {python}")
+        session.run(
+            str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", *LOCAL_TESTS,
+            external=True, env={"PYTHONWARNDEFAULTENCODING": "1"},
+        )  # fmt: skip

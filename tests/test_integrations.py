@@ -1,0 +1,168 @@
+"""The AutoGen and AG2 adapters, driven by the real frameworks (no model calls: replayed replies).
+
+Skipped when the frameworks are missing, except with CCEXEC_REQUIRE_FRAMEWORKS=1 (the
+`integrations` nox session), where a missing framework fails the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from .conftest import TEST_PREFIX, pid_alive
+
+
+def _framework(name: str) -> None:
+    if os.environ.get("CCEXEC_REQUIRE_FRAMEWORKS") == "1":
+        importlib.import_module(name)
+    else:
+        pytest.importorskip(name)
+
+
+for _name in ("autogen_agentchat", "autogen_ext.models.replay", "autogen.coding"):
+    _framework(_name)
+
+from autogen import ConversableAgent  # noqa: E402
+from autogen_agentchat.agents import CodeExecutorAgent  # noqa: E402
+from autogen_agentchat.base import TaskResult  # noqa: E402
+from autogen_agentchat.messages import CodeExecutionEvent, TextMessage  # noqa: E402
+from autogen_core import CancellationToken  # noqa: E402
+from autogen_ext.code_executors._common import CommandLineCodeResult  # noqa: E402
+from autogen_ext.models.replay import ReplayChatCompletionClient  # noqa: E402
+
+from ccexec.integrations import ag2, autogen  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:No approval function set:UserWarning"),
+    pytest.mark.filterwarnings("ignore:LocalCommandLineCodeExecutor runs code:UserWarning"),
+]
+BLOCK = "```python\nprint(6 * 7)\n```"
+
+
+def _local_autogen(tmp_path: Path) -> autogen.LocalCommandLineCodeExecutor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return autogen.LocalCommandLineCodeExecutor(timeout=10, work_dir=tmp_path)
+
+
+async def _run_code_executor_agent(
+    executor: autogen.LocalCommandLineCodeExecutor | autogen.DockerCommandLineCodeExecutor,
+) -> None:
+    """A CodeExecutorAgent whose (replayed) model writes a block runs it with ``executor``."""
+    client = ReplayChatCompletionClient([f"Here you go:\n{BLOCK}", "The code printed 42."])
+    async with executor:
+        agent = CodeExecutorAgent("runner", code_executor=executor, model_client=client)
+        # run() keeps only the final reply; run_stream() also yields the execution event.
+        messages = [message async for message in agent.run_stream(task="What is 6 * 7? Use Python.")]
+    (event,) = [m for m in messages if isinstance(m, CodeExecutionEvent)]
+    assert isinstance(event.result, CommandLineCodeResult)
+    assert (event.result.exit_code, event.result.output) == (0, "42\n")
+    assert isinstance(messages[-1], TaskResult)
+    reply = messages[-1].messages[-1]
+    assert isinstance(reply, TextMessage)
+    assert reply.content == "The code printed 42."
+
+
+def test_autogen_code_executor_agent_runs_block_locally(tmp_path: Path) -> None:
+    """AutoGen's CodeExecutorAgent runs a model's block through ccexec's local executor."""
+    asyncio.run(_run_code_executor_agent(_local_autogen(tmp_path)))
+
+
+def test_autogen_code_executor_agent_runs_block_in_docker(docker_engine: str, tmp_path: Path) -> None:
+    """AutoGen's CodeExecutorAgent runs a model's block through ccexec's Docker executor."""
+    name = f"{TEST_PREFIX}{os.urandom(4).hex()}"
+    executor = autogen.DockerCommandLineCodeExecutor(docker_engine, name, timeout=10, work_dir=tmp_path)
+    asyncio.run(_run_code_executor_agent(executor))
+
+
+@pytest.mark.parametrize("from_thread", [False, True], ids=["in-loop", "other-thread"])
+def test_autogen_cancellation_token_kills_running_block(tmp_path: Path, from_thread: bool) -> None:
+    """Cancelling the token mid-run (from the loop or another thread) kills the block at once."""
+    pid_file = tmp_path / "pid"
+    code = f"import os, time\nopen({str(pid_file)!r}, 'w', encoding='ascii').write(str(os.getpid()))\ntime.sleep(60)"
+    client = ReplayChatCompletionClient([f"```python\n{code}\n```"])
+
+    async def main() -> float:
+        token = CancellationToken()
+        async with _local_autogen(tmp_path) as executor:
+            agent = CodeExecutorAgent("runner", code_executor=executor, model_client=client)
+            run = asyncio.ensure_future(agent.run(task="sleep", cancellation_token=token))
+            while not pid_file.exists() or not pid_file.read_text(encoding="ascii"):
+                await asyncio.sleep(0.02)
+            started = time.monotonic()
+            # Later, so the loop is idle, waiting for the block, when the token is cancelled.
+            if from_thread:
+                threading.Timer(0.1, token.cancel).start()
+            else:
+                asyncio.get_running_loop().call_later(0.1, token.cancel)
+            with pytest.raises(asyncio.CancelledError):
+                await run
+            return time.monotonic() - started
+
+    assert asyncio.run(main()) < 2
+    assert not pid_alive(int(pid_file.read_text(encoding="ascii")))
+
+
+def test_autogen_adapter_exposes_the_ccexec_executor(tmp_path: Path) -> None:
+    """The adapter passes work_dir, timeout and the system message through from `.executor`."""
+    executor = _local_autogen(tmp_path)
+    assert (executor.work_dir, executor.timeout) == (tmp_path, 10)
+    assert executor.code_writer_system_message() == executor.executor.code_writer_system_message()
+    assert str(tmp_path) in executor.code_writer_system_message()
+
+
+def _ag2_reply(executor: ag2.LocalCommandLineCodeExecutor | ag2.DockerCommandLineCodeExecutor) -> object:
+    agent = ConversableAgent(
+        "runner", llm_config=False, human_input_mode="NEVER", code_execution_config={"executor": executor}
+    )
+    with executor:
+        return agent.generate_reply(messages=[{"role": "user", "content": BLOCK}])
+
+
+def test_ag2_conversable_agent_runs_block_locally(tmp_path: Path) -> None:
+    """AG2's ConversableAgent runs a message's block through ccexec's local executor."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        executor = ag2.LocalCommandLineCodeExecutor(timeout=10, work_dir=tmp_path)
+    assert _ag2_reply(executor) == "exitcode: 0 (execution succeeded)\nCode output: 42\n"
+
+
+def test_ag2_conversable_agent_runs_block_in_docker(docker_engine: str, tmp_path: Path) -> None:
+    """AG2's ConversableAgent runs a message's block through ccexec's Docker executor."""
+    name = f"{TEST_PREFIX}{os.urandom(4).hex()}"
+    executor = ag2.DockerCommandLineCodeExecutor(docker_engine, name, timeout=10, work_dir=tmp_path)
+    assert _ag2_reply(executor) == "exitcode: 0 (execution succeeded)\nCode output: 42\n"
+
+
+def test_ag2_code_extractor_reads_content_parts() -> None:
+    """The AG2 extractor finds blocks in multimodal content parts, with ccexec's fence rules."""
+    message = [{"type": "text", "text": "Run:\n~~~sh\necho hi\n~~~\n```python\nprint('cut off"}]
+    (block,) = ag2.CodeExtractor().extract_code_blocks(message)
+    assert (block.language, block.code) == ("sh", "echo hi")
+
+
+@pytest.mark.parametrize(
+    ("module", "advice"),
+    [("autogen", "pip install autogen-agentchat autogen-ext"), ("ag2", "pip install ag2")],
+)
+def test_import_without_framework_names_the_package(module: str, advice: str) -> None:
+    """Importing an adapter where its framework is missing raises an ImportError naming the package."""
+    # -S leaves site-packages (where the frameworks live) off sys.path; ccexec comes from ROOT.
+    code = f"import ccexec.integrations; import ccexec.integrations.{module}"
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", code], cwd=ROOT, capture_output=True, encoding="utf-8", check=False
+    )
+    assert done.returncode == 1
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"ImportError: ccexec.integrations.{module} needs")
+    assert last_line.endswith(advice)
