@@ -1,0 +1,282 @@
+"""Hostile blocks, table-driven: each row runs for real, states the expected outcome, and checks
+that nothing leaked (no process carrying a block marker, no stray child, no file outside the work
+dir, no extra container process). The session prints the table: what happened, how long it
+took, what was left behind."""
+
+from __future__ import annotations
+
+import os
+import resource
+import string
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ccexec
+from ccexec import CodeBlock, CommandLineCodeResult
+from ccexec.blocks import FilenameOutsideWorkspace, host_code_path
+
+from .conftest import TEST_PREFIX
+from .test_local import children_of
+
+MARKER = b"CCEXEC_BLOCK_ID="
+
+
+def marked_processes() -> list[int]:
+    """Pids of live processes (other than us) that carry a ccexec block marker."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as handle:
+                if MARKER in handle.read():
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+@dataclass
+class Row:
+    """One hostile block and what must happen."""
+
+    name: str
+    code: str
+    language: str
+    check: Callable[[CommandLineCodeResult], None]
+    timeout: float = 3
+    options: dict[str, Any] | None = None
+
+
+def exit_is(code: int) -> Callable[[CommandLineCodeResult], None]:
+    def check(result: CommandLineCodeResult) -> None:
+        assert result.exit_code == code, result.output[-500:]
+
+    return check
+
+
+def all_of(*checks: Callable[[CommandLineCodeResult], None]) -> Callable[[CommandLineCodeResult], None]:
+    def check(result: CommandLineCodeResult) -> None:
+        for each in checks:
+            each(result)
+
+    return check
+
+
+def output_has(text: str) -> Callable[[CommandLineCodeResult], None]:
+    def check(result: CommandLineCodeResult) -> None:
+        assert text in result.output, result.output[-500:]
+
+    return check
+
+
+def truncated(result: CommandLineCodeResult) -> None:
+    assert result.truncated
+    assert len(result.output) < 70_000
+
+
+STUBBORN = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+for _ in range(3):
+    subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+subprocess.Popen(["sh", "-c", "sleep 600 & sleep 600"])
+print("spawned", flush=True)
+time.sleep(600)
+"""
+
+COMMON_ROWS = [
+    Row(
+        "endless print",
+        "while True: print('spam ' * 10)",
+        "python",
+        all_of(exit_is(124), truncated),
+        2,
+        {"max_output_bytes": 65536},
+    ),
+    Row("TERM-ignoring tree + setsid daemons", STUBBORN, "python", all_of(exit_is(124), output_has("spawned")), 2),
+    Row(
+        "binary and invalid UTF-8",
+        "import sys; sys.stdout.buffer.write(bytes(range(256)) * 4)",
+        "python",
+        all_of(exit_is(0), output_has("\ufffd"), output_has("\x00")),
+    ),
+    Row(
+        "1 MB lines",
+        "for _ in range(3): print('x' * 1_000_000)",
+        "python",
+        all_of(exit_is(0), lambda r: (r.output.count("\n") == 3 or r.truncated) or pytest.fail("lines lost")),
+    ),
+    Row(
+        "reads stdin",
+        "import sys; data = sys.stdin.read(); print('eof', len(data))",
+        "python",
+        all_of(exit_is(0), output_has("eof 0")),
+    ),
+    Row("input() prompt", "input('name? ')", "python", all_of(exit_is(1), output_has("EOFError"))),
+    Row(
+        "closes stdout early then lingers",
+        "echo bye; exec >&- 2>&-; sleep 30",
+        "sh",
+        all_of(exit_is(124), output_has("bye")),
+        1,
+    ),
+    Row(
+        "closes stdout early then exits",
+        "import os; print('x', flush=True); os.close(1); os.close(2)",
+        "python",
+        all_of(exit_is(0), output_has("x")),
+    ),
+    Row(
+        "shell metacharacters in language",
+        "print(1)",
+        "python; touch pwned-lang",
+        all_of(exit_is(1), output_has("unknown language")),
+    ),
+    Row(
+        "shell metacharacters in filename",
+        "# filename: $(touch pwned-name)`touch pwned2`;x.py\nprint('ok')",
+        "python",
+        all_of(exit_is(0), output_has("ok")),
+    ),
+    Row(
+        "exits by signal",
+        "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)",
+        "python",
+        lambda r: r.exit_code in (-11, 139) or pytest.fail(str(r.exit_code)),
+    ),
+]
+
+DOCKER_ROWS = [
+    Row(
+        "fork bomb under pids_limit",
+        ":(){ :|:& };:; sleep 2; echo survived",
+        "bash",
+        lambda r: None,  # any exit: the limit holds, the call returns, the next check finds nothing left
+        3,
+        {"pids_limit": 64},
+    ),
+    Row(
+        "4 GiB under 256 MiB",
+        "x = bytearray(4 * 1024**3)",
+        "python",
+        all_of(exit_is(137), output_has("out of memory")),
+        10,
+        {"memory": "256m"},
+    ),
+    Row(
+        "kills its own runner (PID 1)",
+        "import os, signal; os.kill(1, signal.SIGKILL); print('still')",
+        "python",
+        all_of(exit_is(0), output_has("still")),
+    ),
+    Row(
+        "fills a size-limited /tmp",
+        "dd if=/dev/zero of=/tmp/big bs=1M count=1024 2>&1 | grep -E 'No space|copied'; exit 0",
+        "sh",
+        output_has("No space left on device"),
+        10,
+        {"read_only": True, "run_args": ["--tmpfs", "/tmp:size=32m"]},
+    ),
+]
+
+REPORT: list[tuple[str, str, str, float, str]] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def print_report() -> Iterator[None]:
+    yield
+    if REPORT:
+        print("\n\n| executor | row | outcome | seconds | left behind |\n|---|---|---|---|---|")
+        for row in REPORT:
+            print(f"| {row[0]} | {row[1]} | {row[2]} | {row[3]:.2f} | {row[4]} |")
+
+
+def outcome(result: CommandLineCodeResult) -> str:
+    tail = result.output.strip().splitlines()[-1][:60] if result.output.strip() else ""
+    return f"exit {result.exit_code}" + (", truncated" if result.truncated else "") + (f": {tail!r}" if tail else "")
+
+
+@pytest.mark.parametrize("row", COMMON_ROWS, ids=lambda row: row.name)
+def test_local_hostile_block(row: Row, tmp_path: Path) -> None:
+    """The local executor survives each hostile block and leaves nothing behind."""
+    work = tmp_path / "work"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        executor = ccexec.LocalCommandLineCodeExecutor(timeout=row.timeout, work_dir=work, **(row.options or {}))
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.monotonic()
+    result = executor.execute_code_blocks([CodeBlock(row.code, row.language)])
+    elapsed = time.monotonic() - start
+    row.check(result)
+    left = marked_processes() + children_of(os.getpid())
+    outside = sorted(p.name for p in tmp_path.iterdir() if p.name != "work")
+    REPORT.append(("local", row.name, outcome(result), elapsed, str(left + outside or "nothing")))
+    assert left == []
+    assert outside == []
+    assert elapsed < row.timeout + 3
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 64 * 1024
+
+
+@pytest.mark.parametrize("row", COMMON_ROWS + DOCKER_ROWS, ids=lambda row: row.name)
+def test_docker_hostile_block(row: Row, docker_engine: str, tmp_path: Path) -> None:
+    """The Docker executor survives each hostile block: only its runner is left in the container."""
+    options = dict(row.options or {})
+    name = f"{TEST_PREFIX}adv-{os.urandom(3).hex()}"
+    with ccexec.DockerCommandLineCodeExecutor(
+        docker_engine, name, timeout=row.timeout, work_dir=tmp_path / "work", **options
+    ) as executor:
+        executor.start()
+        start = time.monotonic()
+        result = executor.execute_code_blocks([CodeBlock(row.code, row.language)])
+        elapsed = time.monotonic() - start
+        row.check(result)
+        count = executor.execute_code_blocks(
+            [CodeBlock("import os; print(sum(p.isdigit() for p in os.listdir('/proc')) - 1)", "python")]
+        )
+        left = int(count.output) - 1  # minus the runner
+    outside = sorted(p.name for p in tmp_path.iterdir() if p.name != "work")
+    REPORT.append(("docker", row.name, outcome(result), elapsed, f"{left} process(es)" if left else "nothing"))
+    assert left == 0
+    assert outside == []
+    assert elapsed < row.timeout + 5
+
+
+NAME_ALPHABET = string.ascii_letters + string.digits + "./\\ :_-$`;|&*?~'\"\x00\n"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(alphabet=NAME_ALPHABET, max_size=40))
+def test_fuzzed_filenames_never_escape(name: str, tmp_path: Path) -> None:
+    """Any `# filename:` value resolves inside the work dir or is refused; nothing else is raised."""
+    work = tmp_path / "w"
+    work.mkdir(exist_ok=True)
+    try:
+        path = host_code_path(name, str(work))
+    except FilenameOutsideWorkspace:
+        return
+    assert os.path.commonpath([path, os.path.realpath(work)]) == os.path.realpath(work)
+    assert path != os.path.realpath(work)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(alphabet=NAME_ALPHABET.replace("\n", ""), min_size=1, max_size=30))
+def test_fuzzed_filenames_through_the_executor(name: str, tmp_path: Path) -> None:
+    """Through the executor, fuzzed names give a result (never an exception) and write only inside."""
+    work = tmp_path / "w"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        executor = ccexec.LocalCommandLineCodeExecutor(timeout=5, work_dir=work)
+    before = set(tmp_path.iterdir())
+    result = executor.execute_code_blocks([CodeBlock(f"# filename: {name}\necho ok", "sh")])
+    assert result.exit_code in (0, 1, 2, 126, 127)
+    assert set(tmp_path.iterdir()) <= before | {work}
