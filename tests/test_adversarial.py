@@ -50,19 +50,19 @@ class Row:
     name: str
     code: str
     language: str
-    check: Callable[[CommandLineCodeResult], None]
+    check: Callable[[CommandLineCodeResult], object]
     timeout: float = 3
     options: dict[str, Any] | None = None
 
 
-def exit_is(code: int) -> Callable[[CommandLineCodeResult], None]:
+def exit_is(code: int) -> Callable[[CommandLineCodeResult], object]:
     def check(result: CommandLineCodeResult) -> None:
         assert result.exit_code == code, result.output[-500:]
 
     return check
 
 
-def all_of(*checks: Callable[[CommandLineCodeResult], None]) -> Callable[[CommandLineCodeResult], None]:
+def all_of(*checks: Callable[[CommandLineCodeResult], object]) -> Callable[[CommandLineCodeResult], object]:
     def check(result: CommandLineCodeResult) -> None:
         for each in checks:
             each(result)
@@ -70,7 +70,7 @@ def all_of(*checks: Callable[[CommandLineCodeResult], None]) -> Callable[[Comman
     return check
 
 
-def output_has(text: str) -> Callable[[CommandLineCodeResult], None]:
+def output_has(text: str) -> Callable[[CommandLineCodeResult], object]:
     def check(result: CommandLineCodeResult) -> None:
         assert text in result.output, result.output[-500:]
 
