@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 
 from .blocks import CodeBlock, Language, coerce_blocks, language_table, normalize_tag, requested_filename
 from .errors import FunctionSetupError, InvalidArgumentError
@@ -60,6 +59,8 @@ class BaseCommandLineExecutor:
             raise InvalidArgumentError(f"setup_timeout must be a positive number, got {setup_timeout!r}")
         self._setup_timeout = float(setup_timeout)
         self._functions_ready = not functions
+        import threading  # here, not at import time (see benchmarks/footprint.py)
+
         self._setup_lock = threading.Lock()
         self._timeout = float(timeout)
         self._functions = list(functions)

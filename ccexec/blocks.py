@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass
+
+from ._records import FrozenRecord, Record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
 if TYPE_CHECKING:
@@ -16,16 +17,19 @@ PYTHON = "{python}"
 FILE = "{file}"
 
 
-@dataclass
-class CodeBlock:
-    """A block of code and the language tag it was written with."""
+class CodeBlock(Record):
+    """A block of code and the language tag it was written with (AutoGen's dataclass)."""
 
-    code: str
-    language: str
+    __slots__ = ("code", "language")
+    _fields = ("code", "language")
+    __match_args__ = ("code", "language")
+
+    def __init__(self, code: str, language: str) -> None:
+        self.code = code
+        self.language = language
 
 
-@dataclass(frozen=True)
-class Language:
+class Language(FrozenRecord):
     """How to run a file of one language: its extension and the command before the file.
 
     ``command`` items are passed as separate arguments (never through a shell). ``{python}``
@@ -33,8 +37,17 @@ class Language:
     container) and ``{file}`` for the code file, which is appended when no item names it.
     """
 
-    extension: str
-    command: tuple[str, ...]
+    __slots__ = ("extension", "command")
+    _fields = ("extension", "command")
+    __match_args__ = ("extension", "command")
+
+    def __init__(self, extension: str, command: Sequence[str]) -> None:
+        self._set("extension", extension)
+        self._set("command", tuple(command))
+
+    if TYPE_CHECKING:
+        extension: str
+        command: tuple[str, ...]
 
     def argv(self, file: str, python: str) -> list[str]:
         """Return the argv that runs ``file``."""

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from ._records import FrozenRecord, Record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
 if TYPE_CHECKING:
-    from typing import Sequence
+    from typing import ClassVar, Sequence
 
 #: Exit code reported for a block stopped at its deadline (as GNU ``timeout`` and AutoGen do).
 TIMEOUT_EXIT_CODE = 124
 
 
-@dataclass(frozen=True)
-class BlockResult:
+class BlockResult(FrozenRecord):
     """How one block ran.
 
     ``exit_code`` is the process's own (negative for a signal on the host, as in
@@ -22,24 +21,46 @@ class BlockResult:
     wall time in seconds from start to the end of its output.
     """
 
-    language: str
-    exit_code: int
-    output: str
-    code_file: str | None
-    duration: float = 0.0
-    timed_out: bool = False
-    truncated: bool = False
+    __slots__ = ("language", "exit_code", "output", "code_file", "duration", "timed_out", "truncated")
+    _fields = __slots__
+    _defaults: ClassVar[dict[str, object]] = {"duration": 0.0, "timed_out": False, "truncated": False}
+    __match_args__ = ("language", "exit_code", "output", "code_file", "duration", "timed_out", "truncated")
+
+    def __init__(  # noqa: PLR0917 - positional, in field order, as the dataclass it replaces
+        self,
+        language: str,
+        exit_code: int,
+        output: str,
+        code_file: str | None,
+        duration: float = 0.0,
+        timed_out: bool = False,
+        truncated: bool = False,
+    ) -> None:
+        for name, value in zip(self._fields, (language, exit_code, output, code_file, duration, timed_out, truncated)):
+            self._set(name, value)
+
+    if TYPE_CHECKING:
+        language: str
+        exit_code: int
+        output: str
+        code_file: str | None
+        duration: float
+        timed_out: bool
+        truncated: bool
 
 
-@dataclass
-class CodeResult:
+class CodeResult(Record):
     """The result of running code: exit code and output (AutoGen's base shape)."""
 
-    exit_code: int
-    output: str
+    __slots__ = ("exit_code", "output")
+    _fields: ClassVar[tuple[str, ...]] = ("exit_code", "output")
+    __match_args__ = ("exit_code", "output")
+
+    def __init__(self, exit_code: int, output: str) -> None:
+        self.exit_code = exit_code
+        self.output = output
 
 
-@dataclass
 class CommandLineCodeResult(CodeResult):
     """The result of ``execute_code_blocks``: AutoGen's three fields plus the details.
 
@@ -48,10 +69,25 @@ class CommandLineCodeResult(CodeResult):
     the first non-zero exit).
     """
 
-    code_file: str | None
-    timed_out: bool = False
-    truncated: bool = False
-    blocks: tuple[BlockResult, ...] = field(default_factory=tuple)
+    __slots__ = ("code_file", "timed_out", "truncated", "blocks")
+    _fields = ("exit_code", "output", "code_file", "timed_out", "truncated", "blocks")
+    _defaults: ClassVar[dict[str, object]] = {"timed_out": False, "truncated": False, "blocks": ()}
+    __match_args__ = ("exit_code", "output", "code_file", "timed_out", "truncated", "blocks")
+
+    def __init__(  # noqa: PLR0917 - positional, in field order, as AutoGen's dataclass
+        self,
+        exit_code: int,
+        output: str,
+        code_file: str | None,
+        timed_out: bool = False,
+        truncated: bool = False,
+        blocks: tuple[BlockResult, ...] = (),
+    ) -> None:
+        super().__init__(exit_code, output)
+        self.code_file = code_file
+        self.timed_out = timed_out
+        self.truncated = truncated
+        self.blocks = tuple(blocks)
 
     @classmethod
     def from_blocks(cls, blocks: Sequence[BlockResult]) -> CommandLineCodeResult:

@@ -28,15 +28,18 @@ from .test_local import children_of
 MARKER = b"CCEXEC_BLOCK_ID="
 
 
-def marked_processes() -> list[int]:
-    """Pids of live processes (other than us) that carry a ccexec block marker."""
+def marked_processes(inside: Path) -> list[int]:
+    """Pids of live processes that carry a ccexec block marker and run in ``inside``.
+
+    The directory tells our blocks' processes from those of other ccexec users on the machine.
+    """
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == os.getpid():
             continue
         try:
             with open(f"/proc/{name}/environ", "rb") as handle:
-                if MARKER in handle.read():
+                if MARKER in handle.read() and os.readlink(f"/proc/{name}/cwd").startswith(str(inside)):
                     found.append(int(name))
         except OSError:
             continue
@@ -218,7 +221,7 @@ def test_local_hostile_block(row: Row, tmp_path: Path) -> None:
     result = executor.execute_code_blocks([CodeBlock(row.code, row.language)])
     elapsed = time.monotonic() - start
     row.check(result)
-    left = marked_processes() + children_of(os.getpid())
+    left = marked_processes(tmp_path) + children_of(os.getpid())
     outside = sorted(p.name for p in tmp_path.iterdir() if p.name != "work")
     REPORT.append(("local", row.name, outcome(result), elapsed, str(left + outside or "nothing")))
     assert left == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import os
 import pickle
@@ -373,3 +374,37 @@ def test_error_without_details(cls: type[ccexec.CcexecError]) -> None:
     """A bare message works too, str() is the message (no errno prefix for OSError kinds)."""
     clone = pickle.loads(pickle.dumps(cls("just this")))
     assert (type(clone), str(clone), clone.args, clone.details) == (cls, "just this", ("just this",), {})
+
+
+# -- the value classes are dataclasses to `dataclasses` ---------------------------------------
+
+
+def test_value_classes_work_with_dataclasses_functions() -> None:
+    """is_dataclass, fields, asdict and replace work on CodeBlock and the results, as on AutoGen's."""
+    block = ccexec.CodeBlock("print(1)", "python")
+    assert dataclasses.is_dataclass(block)
+    assert [field.name for field in dataclasses.fields(block)] == ["code", "language"]
+    assert dataclasses.asdict(block) == {"code": "print(1)", "language": "python"}
+    assert dataclasses.replace(block, code="x") == ccexec.CodeBlock("x", "python")
+    inner = ccexec.BlockResult("python", 0, "1\n", None)
+    result = ccexec.CommandLineCodeResult(0, "1\n", None, blocks=(inner,))
+    assert dataclasses.asdict(result)["blocks"][0]["duration"] == 0.0
+    assert dataclasses.replace(result, exit_code=2).exit_code == 2
+    assert isinstance(result, ccexec.CodeResult)
+
+
+def test_value_classes_compare_hash_pickle_and_freeze() -> None:
+    """== compares fields; frozen ones hash and refuse assignment; all survive pickle and deepcopy."""
+    block = ccexec.CodeBlock("a", "sh")
+    assert block == ccexec.CodeBlock("a", "sh")
+    assert block != ccexec.CodeBlock("b", "sh")
+    block.code = "b"  # CodeBlock is mutable, as AutoGen's
+    assert repr(block) == "CodeBlock(code='b', language='sh')"
+    language = ccexec.Language("js", ["node"])
+    assert language.command == ("node",)
+    assert hash(language) == hash(ccexec.Language("js", ("node",)))
+    with pytest.raises(AttributeError):
+        language.extension = "mjs"
+    result = ccexec.CommandLineCodeResult(1, "x", "f.py", blocks=(ccexec.BlockResult("py", 1, "x", "f.py", 0.5),))
+    assert pickle.loads(pickle.dumps(result)) == result
+    assert copy.deepcopy(result) == result
