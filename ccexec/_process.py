@@ -114,6 +114,7 @@ def run_block(
     included) the process tree is killed before it propagates.
     """
     marker = os.urandom(12).hex()
+    first_pid = _last_pid()  # the block's processes all get later pids (see _kill_marked)
     env = {**env, MARKER_VARIABLE: marker}
     start = time.monotonic()
     deadline = start + timeout
@@ -133,11 +134,11 @@ def run_block(
         timed_out, cancelled = _wait(proc, pidfd, capture, cancel, deadline)
         if timed_out or cancelled:
             _terminate_group(proc)
-        _kill_everything(proc.pid, marker)
+        _kill_everything(proc.pid, marker, first_pid)
         _drain(proc.stdout.fileno(), capture)
         exit_code = proc.wait()
     except BaseException:
-        _kill_everything(proc.pid, marker)
+        _kill_everything(proc.pid, marker, first_pid)
         proc.wait()
         raise
     finally:
@@ -206,17 +207,37 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def _kill_everything(pgid: int, marker: str) -> None:
+def _kill_everything(pgid: int, marker: str, first_pid: int | None) -> None:
     """SIGKILL the block's group and every process carrying its marker.
 
     The group leader is not reaped yet (a zombie at worst), so its pid, and with it the group
     id, cannot have been reused by an unrelated process.
     """
     _signal_group(pgid, signal.SIGKILL)
-    _kill_marked(marker)
+    _kill_marked(marker, first_pid)
 
 
-def _kill_marked(marker: str) -> None:
+def _last_pid() -> int | None:
+    """The pid most recently handed out in this pid namespace (Linux), or None."""
+    try:
+        with open("/proc/sys/kernel/ns_last_pid", "rb") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _new_pids(names: list[str], first_pid: int | None) -> list[int]:
+    """The pids in ``names`` handed out after ``first_pid`` (all of them when unknown)."""
+    pids = [int(name) for name in names if name.isdigit()]
+    last_pid = _last_pid()
+    if first_pid is None or last_pid is None:
+        return pids
+    if first_pid <= last_pid:
+        return [pid for pid in pids if first_pid < pid <= last_pid]
+    return [pid for pid in pids if pid > first_pid or pid <= last_pid]  # the counter wrapped
+
+
+def _kill_marked(marker: str, first_pid: int | None = None) -> None:
     """SIGKILL processes whose environment holds ``marker`` until none is left (Linux /proc).
 
     A killed process keeps a readable environment until it has really exited (a zombie's is
@@ -231,14 +252,15 @@ def _kill_marked(marker: str) -> None:
         except OSError:
             return  # no /proc: the process group kill is all we can do
         found = False
-        for name in entries:
-            if not name.isdigit() or int(name) == me:
+        # Reading every process's environment costs ~8 us each; only the block's can match.
+        for pid in _new_pids(entries, first_pid):
+            if pid == me:
                 continue
             try:
-                with open(f"/proc/{name}/environ", "rb") as handle:
+                with open(f"/proc/{pid}/environ", "rb") as handle:
                     if needle not in handle.read():
                         continue
-                os.kill(int(name), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
                 found = True
             except OSError:
                 continue
