@@ -384,7 +384,9 @@ def collect_garbage(docker: ClientCommand = "docker", *, dry_run: bool = False) 
 
     cli = DockerCLI(docker)
     labels = ("owner-pid", "owner-start", "host")
-    template = "{{.Names}}" + "".join(f'\t{{{{.Label "{LABEL}.{label}"}}}}' for label in labels)
+    # docker's `ps` template has a .Label function; podman's has only the .Labels map.
+    field = '{{{{index .Labels "{}"}}}}' if cli.is_podman else '{{{{.Label "{}"}}}}'
+    template = "{{.Names}}" + "".join("\t" + field.format(f"{LABEL}.{label}") for label in labels)
     listing = cli.run("ps", "--all", "--filter", f"label={LABEL}", "--format", template)
     orphans = []
     for line in listing.stdout.decode("utf-8", "replace").splitlines():
@@ -411,11 +413,28 @@ def _engine_is_remote(cli: DockerCLI) -> bool:
     host = os.environ.get("DOCKER_HOST", "") or os.environ.get("CONTAINER_HOST", "")
     if host:
         return not host.startswith(("unix://", "npipe://"))
-    if "--context" in cli.argv or "-c" in cli.argv or os.environ.get("DOCKER_CONTEXT"):
+    if _context_selected(cli.argv):
         done = cli.run("context", "inspect", "--format", "{{.Endpoints.docker.Host}}", check=False)
         endpoint = done.stdout.decode().strip()
         return bool(endpoint) and not endpoint.startswith(("unix://", "npipe://"))
     return False
+
+
+def _context_selected(argv: Sequence[str]) -> bool:
+    """Whether a docker context may be chosen: --context NAME or =NAME (-c), DOCKER_CONTEXT, `docker context use`."""
+    if os.environ.get("DOCKER_CONTEXT"):
+        return True
+    if any(arg in ("--context", "-c") or arg.startswith(("--context=", "-c=")) for arg in argv[1:]):
+        return True
+    config_dir = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    try:
+        with open(os.path.join(config_dir, "config.json"), encoding="utf-8") as handle:
+            import json
+
+            current = json.load(handle).get("currentContext")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return current not in (None, "", "default")
 
 
 _NOBODY = "65534:65534"

@@ -4,18 +4,32 @@
 # runs only when needed, so a second run takes well under a second. The only
 # network used is the Debian mirror apt already uses; there is no registry.
 #
-#   scripts/test-engine.sh [--podman]   # --podman: same image in podman too
+#   scripts/test-engine.sh [--podman] [--sshd]
+#     --podman: the same image in podman too
+#     --sshd:   an sshd on 127.0.0.1 (port 2222, or the next free one) with key
+#               login for root, so that this engine is also reachable as a
+#               remote one over SSH; the docker context ccexec-test-ssh names it
 #
 # Env: CCEXEC_TEST_IMAGE (image name), CCEXEC_DEBIAN_MIRROR (else the one in
-# /etc/apt), CCEXEC_DOCKERD_FLAGS (extra dockerd flags).
+# /etc/apt), CCEXEC_DOCKERD_FLAGS (extra dockerd flags), CCEXEC_TEST_SSH_PORT
+# (the sshd's port, which must then be free).
 set -euo pipefail
 
 IMAGE=${CCEXEC_TEST_IMAGE:-ccexec-test/python:3-slim}
 CACHE=/var/cache/ccexec-rootfs      # the finished rootfs is reused across runs
 ROOTFS=$CACHE/bookworm
 DOCKERD_LOG=/tmp/ccexec-dockerd.log
+SSHD_DIR=/var/lib/ccexec-sshd       # the test sshd's keys, config, pid and log
+SSH_CONTEXT=ccexec-test-ssh         # docker context: this engine over that sshd
 WANT_PODMAN=0
-case ${1:-} in --podman) WANT_PODMAN=1 ;; "") ;; *) echo "usage: $0 [--podman]" >&2; exit 2 ;; esac
+WANT_SSHD=0
+for arg in "$@"; do
+  case $arg in
+    --podman) WANT_PODMAN=1 ;;
+    --sshd) WANT_SSHD=1 ;;
+    *) echo "usage: $0 [--podman] [--sshd]" >&2; exit 2 ;;
+  esac
+done
 [ "$(id -u)" = 0 ] || { echo "test-engine: must run as root" >&2; exit 1; }
 log() { echo "test-engine: $*"; }
 die() { echo "test-engine: $*" >&2; exit 1; }
@@ -145,7 +159,101 @@ if [ "$WANT_PODMAN" = 1 ]; then
   podman run --rm "$IMAGE" python3 -c 'print(1)' >/dev/null || die "podman run $IMAGE failed"
 fi
 
-# --- 5. summary -------------------------------------------------------------
+# --- 5. sshd: this engine as a remote one (optional) -------------------------
+# The docker CLI reaches an ssh:// engine by running `ssh ... docker system
+# dial-stdio` there. Our sshd listens on 127.0.0.1 only and lets in root with
+# the key below only; the client side (that key, the host key, no prompts) is
+# a drop-in in /etc/ssh/ssh_config.d that matches this host and port alone.
+write_if_changed() {  # $1: file, stdin: content; succeeds when the file changed
+  local new
+  new=$(cat)
+  [ -f "$1" ] && [ "$(cat "$1")" = "$new" ] && return 1
+  printf '%s\n' "$new" >"$1.tmp" && mv "$1.tmp" "$1"
+}
+sshd_pid() {  # the pid of our sshd, when it runs
+  local pid
+  pid=$(cat "$SSHD_DIR/sshd.pid" 2>/dev/null) && [ -n "$pid" ] &&
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = sshd ] &&
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "-f $SSHD_DIR/sshd_config" && echo "$pid"
+}
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+stop_sshd() { kill "$1"; for _ in $(seq 20); do [ -e "/proc/$1" ] || break; sleep 0.1; done; }
+if [ "$WANT_SSHD" = 1 ]; then
+  if [ ! -x /usr/sbin/sshd ]; then
+    log "installing openssh-server"
+    if [ ! -e /usr/sbin/policy-rc.d ]; then  # keep the package from starting an sshd on port 22
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+      chmod +x /usr/sbin/policy-rc.d
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    apt_install openssh-server
+  fi
+  mkdir -p "$SSHD_DIR" /run/sshd   # /run/sshd: sshd's privilege separation dir
+  chmod 700 "$SSHD_DIR"
+  for key in host_ed25519 id_ed25519; do
+    [ -s "$SSHD_DIR/$key.pub" ] ||
+      { rm -f "$SSHD_DIR/$key"; ssh-keygen -q -t ed25519 -N '' -C "ccexec-test-$key" -f "$SSHD_DIR/$key"; }
+  done
+  running=$(sshd_pid || true)
+  port=$(sed -n 's/^Port //p' "$SSHD_DIR/sshd_config" 2>/dev/null || true)
+  if [ -z "$running" ] || [ "${CCEXEC_TEST_SSH_PORT:-$port}" != "$port" ]; then
+    port=${CCEXEC_TEST_SSH_PORT:-${port:-2222}}
+    if [ -n "$running" ]; then stop_sshd "$running"; running=; fi
+    if port_busy "$port"; then
+      [ -z "${CCEXEC_TEST_SSH_PORT:-}" ] || die "port $port (CCEXEC_TEST_SSH_PORT) is in use"
+      for p in $(seq 2222 2299); do port_busy "$p" || { port=$p; break; }; done
+      ! port_busy "$port" || die "no free port in 2222-2299 for the test sshd"
+    fi
+  fi
+  changed=0
+  write_if_changed "$SSHD_DIR/authorized_keys" <"$SSHD_DIR/id_ed25519.pub" || true
+  write_if_changed "$SSHD_DIR/sshd_config" <<EOF && changed=1
+# ccexec's test sshd (scripts/test-engine.sh --sshd): root by key, 127.0.0.1 only
+Port $port
+ListenAddress 127.0.0.1
+HostKey $SSHD_DIR/host_ed25519
+PidFile $SSHD_DIR/sshd.pid
+AuthorizedKeysFile $SSHD_DIR/authorized_keys
+AllowUsers root
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PrintMotd no
+MaxStartups 100
+MaxSessions 100
+EOF
+  write_if_changed "$SSHD_DIR/known_hosts" \
+    <<<"[127.0.0.1]:$port $(cut -d' ' -f1,2 "$SSHD_DIR/host_ed25519.pub")" || true
+  write_if_changed /etc/ssh/ssh_config.d/ccexec-test.conf <<EOF || true
+# ccexec's test sshd (scripts/test-engine.sh --sshd): for 127.0.0.1:$port only.
+Match host 127.0.0.1 exec "test %p = $port"
+    IdentityFile $SSHD_DIR/id_ed25519
+    IdentitiesOnly yes
+    UserKnownHostsFile $SSHD_DIR/known_hosts
+    StrictHostKeyChecking yes
+    BatchMode yes
+EOF
+  if [ -n "$running" ] && [ "$changed" = 1 ]; then stop_sshd "$running"; running=; fi
+  if [ -z "$running" ]; then
+    log "starting sshd on 127.0.0.1:$port (log: $SSHD_DIR/sshd.log)"
+    /usr/sbin/sshd -t -f "$SSHD_DIR/sshd_config" || die "bad sshd config $SSHD_DIR/sshd_config"
+    # sshd daemonises itself (new session); it must not hold our lock on fd 9.
+    /usr/sbin/sshd -f "$SSHD_DIR/sshd_config" -E "$SSHD_DIR/sshd.log" </dev/null >/dev/null 2>&1 9>&-
+    for _ in $(seq 50); do port_busy "$port" && break; sleep 0.1; done
+  fi
+  endpoint="ssh://root@127.0.0.1:$port"
+  if [ "$(docker context inspect -f '{{.Endpoints.docker.Host}}' "$SSH_CONTEXT" 2>/dev/null)" != "$endpoint" ]; then
+    docker context rm -f "$SSH_CONTEXT" >/dev/null 2>&1 || true
+    out=$(docker context create "$SSH_CONTEXT" --description "ccexec tests: this engine over SSH" \
+      --docker "host=$endpoint" 2>&1) || die "docker context create failed: $out"
+  fi
+  # One round trip proves the key login, the host key and `docker system dial-stdio`.
+  ssh_version=$(docker --context "$SSH_CONTEXT" version --format '{{.Server.Version}}' 2>&1) ||
+    { tail -n 5 "$SSHD_DIR/sshd.log" >&2; die "the engine over $endpoint failed: $ssh_version"; }
+fi
+
+# --- 6. summary -------------------------------------------------------------
 vfmt='{{.Client.Version}} (API {{.Client.APIVersion}})'
 log "server $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')," \
   "storage driver $(docker info --format '{{.Driver}}')"
@@ -163,5 +271,8 @@ log "image $IMAGE $(docker image inspect -f '{{.Id}} {{.Size}}' "$IMAGE" |
 if [ "$WANT_PODMAN" = 1 ]; then
   log "podman $(podman version --format '{{.Client.Version}}')," \
     "image $(podman image inspect -f '{{.Id}}' "$IMAGE" | cut -c1-12)"
+fi
+if [ "$WANT_SSHD" = 1 ]; then
+  log "engine over SSH: $endpoint (docker context $SSH_CONTEXT), server $ssh_version"
 fi
 log "ready in ${SECONDS}s"
