@@ -12,7 +12,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import t
 if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
-    from typing import Any, Mapping, Sequence
+    from typing import Any, Iterator, Mapping, Sequence
 
     from typing_extensions import Self
 
@@ -257,15 +257,10 @@ class BaseCommandLineExecutor:
         results: list[BlockResult] = []
         generated: list[str] = []
         try:
-            for block in blocks:
-                if cancel.is_set():
-                    break
-                result, is_generated = self._run_one(block, cancel)
+            for result, is_generated in self._run_sequence(blocks, cancel):
                 results.append(result)
                 if is_generated and result.code_file is not None:
                     generated.append(result.code_file)
-                if result.exit_code != 0:
-                    break
         finally:
             with self._lock:
                 self._running.discard(cancel)
@@ -274,6 +269,16 @@ class BaseCommandLineExecutor:
             if generated and self._delete_generated:
                 self._delete_files(generated)
         return CommandLineCodeResult.from_blocks(results)
+
+    def _run_sequence(self, blocks: list[CodeBlock], cancel: Cancel) -> Iterator[tuple[BlockResult, bool]]:
+        """Yield (result, whether its file was generated) per block, stopping after the first failure."""
+        for block in blocks:
+            if cancel.is_set():
+                return
+            result, is_generated = self._run_one(block, cancel)
+            yield result, is_generated
+            if result.exit_code != 0:
+                return
 
     def _run_one(self, block: CodeBlock, cancel: Cancel) -> tuple[BlockResult, bool]:
         tag = normalize_tag(block.language)

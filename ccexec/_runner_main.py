@@ -18,7 +18,6 @@ its stdin closes, which is how the container ends when the host process ends, ev
 SIGKILL. It must run on any Python 3.8+, so it uses nothing newer.
 """
 
-import json
 import os
 import select
 import signal
@@ -28,6 +27,9 @@ import time
 MYPY = False
 if MYPY:  # for type comments only: importing typing would slow every container start
     from typing import Any  # noqa: F401 - used in type comments
+
+# Imported by main() once the ready line is out: json pulls in re, which slows the start.
+json = None  # type: Any
 
 MARKER = "CCEXEC_BLOCK_ID"
 TERM_GRACE = 0.5
@@ -97,7 +99,7 @@ class Block:
             self.kill_at = time.monotonic() + TERM_GRACE
 
     def finish(self):
-        # type: () -> None
+        # type: () -> bool
         signal_group(self.pid, signal.SIGKILL)
         kill_marked(self.marker)
         end = time.monotonic() + 2.0
@@ -120,6 +122,7 @@ class Block:
             "duration": time.monotonic() - self.start,
         }
         send(b"x %d %s\n" % (self.ident, json.dumps(result).encode()))
+        return code == 0 and not self.timed_out and not self.cancelled
 
 
 class Runner:
@@ -127,6 +130,8 @@ class Runner:
         # type: () -> None
         self.root = os.path.realpath(os.getcwd())
         self.blocks = {}  # type: dict[int, Block]
+        self.chained = {}  # type: dict[int, dict[str, Any]]
+        self.outcomes = {}  # type: dict[int, bool]
         self.by_pid = {}  # type: dict[int, Block]
         self.pending = b""
         wake_read, wake_write = os.pipe()
@@ -141,6 +146,21 @@ class Runner:
         data = message.encode("utf-8", "replace")
         send(b"o %d %d\n" % (ident, len(data)) + data)
         send(b"x %d %s\n" % (ident, json.dumps({"exit_code": 1, "not_started": True}).encode()))
+        self.settle(ident, False)
+
+    def settle(self, ident, ok):
+        # type: (int, bool) -> None
+        """Block ``ident`` ended: start or skip the block chained after it, or remember how it ended."""
+        chained = self.chained.pop(ident, None)
+        if chained is None:
+            self.outcomes[ident] = ok
+            if len(self.outcomes) > 1000:  # ids nobody chains to
+                del self.outcomes[min(self.outcomes)]
+        elif ok:
+            self.start(chained)
+        else:
+            send(b"x %d %s\n" % (chained["id"], b'{"exit_code": 1, "skipped": true}'))
+            self.settle(chained["id"], False)
 
     def resolve(self, name):
         # type: (str) -> str | None
@@ -149,6 +169,21 @@ class Runner:
 
     def run(self, request):
         # type: (dict[str, Any]) -> None
+        after = request.get("after")
+        if after is not None:
+            # Chained: run only once block `after` has succeeded (the rest of a call's blocks).
+            ok = self.outcomes.pop(after, None)
+            if ok is None:
+                self.chained[after] = request
+                return None
+            if not ok:
+                self.chained[after] = request
+                return self.settle(after, False)
+        return self.start(request)
+
+    def start(self, request):
+        # type: (dict[str, Any]) -> None
+        """Write the block's file and spawn its process in a new session."""
         ident = request["id"]
         argv = [sys.executable if part == "{python}" else part for part in request["argv"]]
         if request.get("path") is not None:
@@ -246,7 +281,7 @@ class Runner:
             for block in list(self.blocks.values()):
                 if block.status is not None:
                     del self.blocks[block.ident]
-                    block.finish()
+                    self.settle(block.ident, block.finish())
                     continue
                 if block.kill_at is not None and now >= block.kill_at:
                     signal_group(block.pid, signal.SIGKILL)
@@ -281,9 +316,10 @@ class Runner:
 
 def main():
     # type: () -> None
+    global json
     init = os.environ.get("CCEXEC_INIT_COMMAND")
-    info = {"python": sys.executable, "pid": os.getpid()}  # type: dict[str, Any]
     if init:
+        import json
         import subprocess
 
         done = subprocess.run(
@@ -293,10 +329,15 @@ def main():
             stderr=subprocess.STDOUT,
             check=False,
         )
-        info["init_exit_code"] = done.returncode
-        info["init_output"] = done.stdout.decode("utf-8", "replace")[-65536:]
+        output = done.stdout.decode("utf-8", "replace")[-65536:]
+        info = {"python": sys.executable, "init_exit_code": done.returncode, "init_output": output}
+        ready = json.dumps(info)
+    else:
+        ready = '{"python": "%s"}' % sys.executable.replace("\\", "\\\\").replace('"', '\\"')
     runner = Runner()
-    send(b"r " + json.dumps(info).encode() + b"\n")
+    send(b"r " + ready.encode() + b"\n")
+    import json  # here, once the host already knows the runner is up
+
     runner.loop()
 
 

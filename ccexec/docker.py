@@ -16,15 +16,23 @@ import weakref
 
 from ._capture import OutputCapture
 from ._executor import DEFAULT_MAX_OUTPUT_BYTES, BaseCommandLineExecutor
-from .blocks import CodeBlock, FilenameOutsideWorkspace, Language, container_relative_path, generated_filename
+from .blocks import (
+    CodeBlock,
+    FilenameOutsideWorkspace,
+    Language,
+    container_relative_path,
+    generated_filename,
+    normalize_tag,
+    requested_filename,
+)
 from .errors import DockerError, InvalidArgumentError
-from .results import TIMEOUT_EXIT_CODE, BlockResult
+from .results import TIMEOUT_EXIT_CODE, BlockResult, describe_exit
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
 if TYPE_CHECKING:
     # The CLI and session modules load when an executor is created, not on `import ccexec`.
     from pathlib import Path
-    from typing import Any, Mapping, Sequence, Union
+    from typing import Any, Iterator, Mapping, Sequence, Union
 
     from ._capture import OutputCallback
     from ._docker_cli import ClientCommand, DockerCLI
@@ -44,7 +52,8 @@ HARDENED: dict[str, Any] = {"network": "none", "memory": "512m", "cpus": 1.0, "p
 MODES = ("runner", "exec")
 _RUNNER_SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_runner_main.py")
 # Prefer python3 (some images have no `python`); fall back to python.
-_BOOT = 'command -v python3 >/dev/null && exec python3 -c "$0" || exec python -c "$0"'
+# -I -S: the runner needs only the standard library, and site's imports cost ~5 ms per start.
+_BOOT = 'command -v python3 >/dev/null && exec python3 -I -S -c "$0" || exec python -I -S -c "$0"'
 # The main process of a container that outlives us (stop_container=False): sleeps until stopped.
 _KEEPALIVE = 'trap "exit 0" TERM; while :; do sleep 3600 & wait $!; done'
 _BLOCK_ENV = {"PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}
@@ -280,6 +289,8 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
             argv.append("--sig-proxy=false")  # Ctrl-C reaches us, not the container
         for key, value in labels.items():
             argv += ["--label", f"{key}={value}"]
+        # The runner's stdout is the protocol: the engine must not copy every byte to a log file.
+        argv += ["--log-driver", "none"]
         if self._auto_remove:
             argv.append("--rm")
         if self.mounts_work_dir:
@@ -292,28 +303,70 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
 
     def _run_file(self, block: CodeBlock, language: Language, name: str | None, cancel: Cancel) -> BlockResult:
         try:
-            relative = (
-                generated_filename(block.code, language.extension)
-                if name is None
-                else container_relative_path(name, WORKSPACE)
-            )
+            relative = self._relative_path(block, language, name)
         except FilenameOutsideWorkspace:
             return self._outside_workspace(block.language, name or "")
+        capture = OutputCapture(self._max_output_bytes, self._on_output)
+        outcome = self._live_session().run(self._request(block, language, relative), capture, cancel, self._timeout)
+        return self._block_result(block, relative, capture, outcome)
+
+    def _run_sequence(self, blocks: list[CodeBlock], cancel: Cancel) -> Iterator[tuple[BlockResult, bool]]:
+        """Send a call's blocks to the runner at once, chained (see RunnerSession.run_chain)."""
+        if len(blocks) < 2:
+            yield from super()._run_sequence(blocks, cancel)
+            return
+        # The blocks before the first one that cannot start (bad language or name) are chained;
+        # that one's failure is reported after them, if they all succeed.
+        plan: list[tuple[CodeBlock, Language, str, bool]] = []
+        stopper: CodeBlock | None = None
+        for block in blocks:
+            language = self._languages.get(normalize_tag(block.language))
+            name = requested_filename(block.code)
+            try:
+                if language is None:
+                    raise LookupError(block.language)
+                plan.append((block, language, self._relative_path(block, language, name), name is None))
+            except (LookupError, FilenameOutsideWorkspace):
+                stopper = block
+                break
+        captures = [OutputCapture(self._max_output_bytes, self._on_output) for _ in plan]
+        requests = [self._request(block, language, relative) for block, language, relative, _ in plan]
+        outcomes = self._live_session().run_chain(requests, captures, cancel, self._timeout) if plan else iter(())
+        for (block, _, relative, generated), capture, outcome in zip(plan, captures, outcomes):
+            result = self._block_result(block, relative, capture, outcome)
+            yield result, generated
+            if result.exit_code != 0:
+                return
+        if stopper is not None and not cancel.is_set():
+            yield self._run_one(stopper, cancel)
+
+    def _relative_path(self, block: CodeBlock, language: Language, name: str | None) -> str:
+        """The block's file, relative to /workspace; raises FilenameOutsideWorkspace."""
+        if name is None:
+            return generated_filename(block.code, language.extension)
+        return container_relative_path(name, WORKSPACE)
+
+    def _live_session(self) -> _Session:
         session = self._session
         if session is None or not session.alive:
             self.start()
             session = self._session
             assert session is not None
-        capture = OutputCapture(self._max_output_bytes, self._on_output)
-        request = {
+        return session
+
+    def _request(self, block: CodeBlock, language: Language, relative: str) -> dict[str, Any]:
+        return {
             "path": relative,
             "code": block.code,
             "argv": language.argv("{file}", "{python}"),
             "timeout": self._timeout,
             "env": _BLOCK_ENV,
         }
-        outcome = session.run(request, capture, cancel, self._timeout)
-        code_file = self._reported_path(relative)
+
+    def _block_result(
+        self, block: CodeBlock, relative: str, capture: OutputCapture, outcome: dict[str, Any]
+    ) -> BlockResult:
+        """Turn the runner's report into a BlockResult, with ccexec's notes."""
         if outcome.get("not_started"):
             return BlockResult(block.language, 1, capture.text(), None)
         exit_code = int(outcome["exit_code"])
@@ -326,11 +379,13 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
             capture.add_note(
                 "ccexec: the process was killed (SIGKILL); under a memory limit this means it ran out of memory\n"
             )
+        elif 128 < exit_code < 160:
+            capture.add_note(f"ccexec: the process was killed by a signal ({describe_exit(exit_code)})\n")
         return BlockResult(
             language=block.language,
             exit_code=exit_code,
             output=capture.text(),
-            code_file=code_file,
+            code_file=self._reported_path(relative),
             duration=float(outcome.get("duration", 0.0)),
             timed_out=bool(outcome.get("timed_out")),
             truncated=capture.truncated,

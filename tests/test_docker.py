@@ -649,3 +649,19 @@ def test_memory_limit_reports_oom(docker_engine: str, tmp_path: Path) -> None:
         assert result.exit_code == 137
         assert "out of memory" in result.output
         assert executor.execute_code_blocks([CodeBlock("print('still here')", "python")]).output == "still here\n"
+
+
+def test_chained_blocks_stop_at_first_failure(executor: DockerCommandLineCodeExecutor, tmp_path: Path) -> None:
+    """A call's blocks go to the runner at once, yet a block after a failure never runs."""
+    blocks = [
+        CodeBlock("print('one')", "python"),
+        CodeBlock("echo two; exit 4", "sh"),
+        CodeBlock("# filename: never.py\nopen('ran', 'w').close()", "python"),
+    ]
+    result = executor.execute_code_blocks(blocks)
+    assert (result.exit_code, result.output) == (4, "one\ntwo\n")
+    assert len(result.blocks) == 2
+    time.sleep(0.2)
+    assert not (tmp_path / "ran").exists()
+    late = executor.execute_code_blocks([CodeBlock("print(1)", "python"), CodeBlock("x", "cobol")])
+    assert (late.exit_code, late.output) == (1, "1\nunknown language cobol\n")
