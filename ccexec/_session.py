@@ -245,6 +245,7 @@ class ExecSession:
         self._main = main
         self._host_work_dir = host_work_dir  # set when the work dir is bind-mounted
         self._open = True
+        self._python_path: str | None = None
 
     @classmethod
     def attached(cls, cli: DockerCLI, args: list[str], name: str, image: str, host_work_dir: str | None) -> ExecSession:
@@ -268,7 +269,8 @@ class ExecSession:
                 capture.feed(f"Filename is not in the workspace: {path!r}\n".encode())
                 return {"exit_code": 1, "not_started": True}
         argv = [f"{WORKSPACE}/{path}" if part == "{file}" else part for part in request["argv"]]
-        argv = ["python" if part == "{python}" else part for part in argv]
+        if "{python}" in argv:
+            argv = [self._python() if part == "{python}" else part for part in argv]
         env_flags = [item for key, value in request["env"].items() for item in ("--env", f"{key}={value}")]
         exec_argv = [
             *self._cli.argv, "exec", "--env", f"CCEXEC_BLOCK_ID={block_id}", *env_flags, self.name,
@@ -294,6 +296,14 @@ class ExecSession:
         """Run blocks one after another; the caller stops iterating after a failure."""
         for request, capture in zip(requests, captures):
             yield self.run(request, capture, cancel, deadline)
+
+    def _python(self) -> str:
+        """The image's Python: python3, else python (found once, with one more exec)."""
+        if self._python_path is None:
+            find = "command -v python3 || command -v python || echo python3"
+            done = self._cli.run("exec", self.name, "/bin/sh", "-c", find, check=False)
+            self._python_path = done.stdout.decode("utf-8", "replace").strip() or "python3"
+        return self._python_path
 
     def _write(self, path: str, code: str) -> None:
         if self._host_work_dir is not None:

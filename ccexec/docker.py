@@ -9,10 +9,8 @@ ends (even by SIGKILL) the runner sees its stdin close and the container ends.
 
 from __future__ import annotations
 
-import atexit
 import os
 import time
-import weakref
 
 from ._capture import OutputCapture
 from ._executor import DEFAULT_MAX_OUTPUT_BYTES, BaseCommandLineExecutor
@@ -31,6 +29,7 @@ from .results import TIMEOUT_EXIT_CODE, BlockResult, describe_exit
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
 if TYPE_CHECKING:
     # The CLI and session modules load when an executor is created, not on `import ccexec`.
+    import weakref
     from pathlib import Path
     from typing import Any, Iterator, Mapping, Sequence, Union
 
@@ -57,7 +56,7 @@ _BOOT = 'command -v python3 >/dev/null && exec python3 -I -S -c "$0" || exec pyt
 # The main process of a container that outlives us (stop_container=False): sleeps until stopped.
 _KEEPALIVE = 'trap "exit 0" TERM; while :; do sleep 3600 & wait $!; done'
 _BLOCK_ENV = {"PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}
-_live: weakref.WeakSet[DockerCommandLineCodeExecutor] = weakref.WeakSet()
+_live: weakref.WeakSet[DockerCommandLineCodeExecutor] | None = None  # made with the first executor
 
 
 class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
@@ -170,7 +169,7 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
             env=env,
         ) + [str(arg) for arg in run_args]
         self._session: _Session | None = None
-        _live.add(self)
+        _track(self)
 
     # -- AutoGen's properties ------------------------------------------------------------------
 
@@ -510,9 +509,20 @@ def _process_start_time(pid: int) -> str:
         return ""
 
 
-@atexit.register
+def _track(executor: DockerCommandLineCodeExecutor) -> None:
+    """Remember the executor so that interpreter exit stops its container."""
+    global _live
+    if _live is None:
+        import atexit
+        import weakref
+
+        _live = weakref.WeakSet()
+        atexit.register(_stop_all)
+    _live.add(executor)
+
+
 def _stop_all() -> None:
-    for executor in list(_live):
+    for executor in list(_live or ()):
         try:
             executor.stop()
         except Exception:  # noqa: BLE001 - best effort at interpreter exit
