@@ -78,9 +78,10 @@ class DockerCLI:
         return ", ".join(parts) or "the default engine (no DOCKER_HOST or context set)"
 
     def run(
-        self, *args: str, deadline: float = CLI_DEADLINE, input: bytes | None = None, check: bool = True
+        self, *args: str, deadline: float | None = None, input: bytes | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run one CLI call with a deadline; raise the mapped DockerError when it fails."""
+        """Run one CLI call with a deadline (CLI_DEADLINE by default); raise the mapped DockerError on failure."""
+        deadline = CLI_DEADLINE if deadline is None else deadline
         argv = [*self.argv, *args]
         try:
             done = subprocess.run(argv, input=input, capture_output=True, timeout=deadline, check=False)

@@ -15,12 +15,13 @@ import time
 from collections import deque
 from typing import Any, Iterator
 
+from . import _docker_cli
 from ._capture import OutputCapture
-from ._docker_cli import RUN_DEADLINE, DockerCLI
+from ._docker_cli import DockerCLI
 from ._process import Cancel, run_block
 from .blocks import FilenameOutsideWorkspace, host_code_path
 from .docker import WORKSPACE
-from .errors import ContainerGoneError, DockerError
+from .errors import ContainerGoneError, DockerError, DockerTimeoutError
 
 #: Seconds a block may overrun its deadline before the runner counts as hung.
 RUNNER_GRACE = 10.0
@@ -119,13 +120,19 @@ class RunnerSession:
         self._ready = threading.Event()
         self._client = _Attached(cli, args, name)
         threading.Thread(target=self._read_frames, name=f"ccexec-{name}-out", daemon=True).start()
-        if not self._ready.wait(RUN_DEADLINE) or not self.alive:
+        deadline = _docker_cli.RUN_DEADLINE
+        if not self._ready.wait(deadline) or not self.alive:
             timed_out = not self._ready.is_set()
             self._client.discard()
             if owns_container:
                 remove_container(cli, name)
-            reason = f"the container did not start within {RUN_DEADLINE:g} s" if timed_out else ""
-            raise cli.error(self._client.argv, reason or self._client.stderr_text(), image=image)
+            if timed_out:
+                raise DockerTimeoutError(
+                    f"the container did not start within {deadline:g} s and the client was killed; the "
+                    f"engine ({cli.target()}) may be hung or pulling a large image: check `{cli.name} info`",
+                    command=self._client.argv,
+                )
+            raise cli.error(self._client.argv, self._client.stderr_text(), image=image)
 
     def _read_frames(self) -> None:
         import json

@@ -283,3 +283,76 @@ def test_fuzzed_filenames_through_the_executor(name: str, tmp_path: Path) -> Non
     result = executor.execute_code_blocks([CodeBlock(f"# filename: {name}\necho ok", "sh")])
     assert result.exit_code in (0, 1, 2, 126, 127)
     assert set(tmp_path.iterdir()) <= before | {work}
+
+
+# -- the engine misbehaves ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def silent_engine(tmp_path: Path) -> Iterator[str]:
+    """A DOCKER_HOST socket that accepts connections and never answers: a hung engine."""
+    import socket
+    import threading
+
+    path = tmp_path / "hung.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(16)
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"unix://{path}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_hung_engine_hits_a_deadline(
+    docker_engine: str, silent_engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real docker client talking to an engine that never answers: every call hits its deadline."""
+    from ccexec import _docker_cli
+
+    monkeypatch.setattr(_docker_cli, "CLI_DEADLINE", 2.0)
+    monkeypatch.setattr(_docker_cli, "RUN_DEADLINE", 2.0)
+    monkeypatch.setenv("DOCKER_HOST", silent_engine)
+    executor = ccexec.DockerCommandLineCodeExecutor(docker_engine, f"{TEST_PREFIX}hung", work_dir=tmp_path / "w")
+    start = time.monotonic()
+    with pytest.raises(ccexec.DockerTimeoutError, match="may be hung"):
+        executor.start()
+    with pytest.raises(ccexec.DockerTimeoutError, match="did not finish within 2 s"):
+        ccexec.docker.collect_garbage()
+    REPORT.append(("docker", "hung engine", "DockerTimeoutError", time.monotonic() - start, "nothing"))
+    assert time.monotonic() - start < 10
+    assert children_of(os.getpid()) == []
+
+
+def test_container_removed_from_outside_mid_run(docker_engine: str, tmp_path: Path) -> None:
+    """`docker rm -f` of the container mid-block: the call raises ContainerGoneError, the next one works."""
+    import subprocess
+    import threading
+
+    name = f"{TEST_PREFIX}adv-rm-{os.urandom(3).hex()}"
+    with ccexec.DockerCommandLineCodeExecutor(docker_engine, name, timeout=30, work_dir=tmp_path / "w") as executor:
+        executor.start()
+        remove = ["docker", "rm", "-f", name]
+        threading.Timer(0.5, lambda: subprocess.run(remove, capture_output=True, check=False)).start()
+        start = time.monotonic()
+        with pytest.raises(ccexec.ContainerGoneError):
+            executor.execute_code_blocks([CodeBlock("import time; time.sleep(20)", "python")])
+        REPORT.append(
+            ("docker", "container removed mid-run", "ContainerGoneError", time.monotonic() - start, "nothing")
+        )
+        assert executor.execute_code_blocks([CodeBlock("print('fresh')", "python")]).output == "fresh\n"
