@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -47,6 +50,33 @@ def wait_gone(pids: list[int], within: float = 2.0) -> list[int]:
 def read_pids(path: Path) -> list[int]:
     """Read the pids a block wrote, one per line."""
     return [int(line) for line in path.read_text(encoding="utf-8").split()]
+
+
+@contextlib.contextmanager
+def silent_server(server: socket.socket) -> Iterator[socket.socket]:
+    """Accept connections on a bound socket and never answer (a hung peer), until the block ends."""
+    server.listen(16)
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
 
 
 HELPERS = Path(__file__).parent / "helpers"

@@ -22,7 +22,7 @@ import ccexec
 from ccexec import CodeBlock, CommandLineCodeResult
 from ccexec.blocks import FilenameOutsideWorkspace, host_code_path
 
-from .conftest import TEST_PREFIX
+from .conftest import TEST_IMAGE, TEST_PREFIX, silent_server
 from .test_local import children_of
 
 MARKER = b"CCEXEC_BLOCK_ID="
@@ -292,43 +292,22 @@ def test_fuzzed_filenames_through_the_executor(name: str, tmp_path: Path) -> Non
 def silent_engine(tmp_path: Path) -> Iterator[str]:
     """A DOCKER_HOST socket that accepts connections and never answers: a hung engine."""
     import socket
-    import threading
 
-    path = tmp_path / "hung.sock"
     server = socket.socket(socket.AF_UNIX)
-    server.bind(str(path))
-    server.listen(16)
-    server.settimeout(0.2)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"unix://{path}"
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    server.close()
+    server.bind(str(tmp_path / "hung.sock"))
+    with silent_server(server):
+        yield f"unix://{tmp_path / 'hung.sock'}"
 
 
-def test_hung_engine_hits_a_deadline(
-    docker_engine: str, silent_engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("docker_engine")
+def test_hung_engine_hits_a_deadline(silent_engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real docker client talking to an engine that never answers: every call hits its deadline."""
     from ccexec import _docker_cli
 
     monkeypatch.setattr(_docker_cli, "CLI_DEADLINE", 2.0)
     monkeypatch.setattr(_docker_cli, "RUN_DEADLINE", 2.0)
     monkeypatch.setenv("DOCKER_HOST", silent_engine)
-    executor = ccexec.DockerCommandLineCodeExecutor(docker_engine, f"{TEST_PREFIX}hung", work_dir=tmp_path / "w")
+    executor = ccexec.DockerCommandLineCodeExecutor(TEST_IMAGE, f"{TEST_PREFIX}hung", work_dir=tmp_path / "w")
     start = time.monotonic()
     with pytest.raises(ccexec.DockerTimeoutError, match="may be hung"):
         executor.start()

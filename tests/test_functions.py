@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import threading
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +19,8 @@ from ccexec import (
     with_requirements,
 )
 from ccexec.functions import function_source, module_source
+
+from .conftest import silent_server
 
 
 def add_two_numbers(a: int, b: int) -> int:
@@ -134,26 +135,8 @@ def silent_index() -> Iterator[str]:
     """An index URL on loopback that accepts connections and never answers."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}/simple"
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    server.close()
+    with silent_server(server):
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/simple"
 
 
 def test_pip_timeout_kills_pip(tmp_path: Path, silent_index: str) -> None:
