@@ -335,3 +335,25 @@ def test_container_removed_from_outside_mid_run(docker_engine: str, tmp_path: Pa
             ("docker", "container removed mid-run", "ContainerGoneError", time.monotonic() - start, "nothing")
         )
         assert executor.execute_code_blocks([CodeBlock("print('fresh')", "python")]).output == "fresh\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/var/run/docker.pid"), reason="needs our own dockerd")
+def test_engine_restarted_mid_session(docker_engine: str, tmp_path: Path) -> None:
+    """dockerd restarted under a live executor: the next call gets a fresh container; nothing is left."""
+    import signal
+    import subprocess
+
+    name = f"{TEST_PREFIX}adv-restart-{os.urandom(3).hex()}"
+    with ccexec.DockerCommandLineCodeExecutor(docker_engine, name, work_dir=tmp_path / "w") as executor:
+        assert executor.execute_code_blocks([CodeBlock("print('before')", "python")]).output == "before\n"
+        start = time.monotonic()
+        pid = int(Path("/var/run/docker.pid").read_text(encoding="ascii"))
+        os.kill(pid, signal.SIGTERM)
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() - start < 30:
+            time.sleep(0.1)
+        script = Path(__file__).resolve().parent.parent / "scripts" / "test-engine.sh"
+        subprocess.run(["bash", str(script)], check=True, capture_output=True, timeout=120)
+        result = executor.execute_code_blocks([CodeBlock("print('after')", "python")])
+        elapsed = time.monotonic() - start
+        assert result.output == "after\n"
+        REPORT.append(("docker", "engine restarted mid-session", "fresh container", elapsed, "nothing"))
