@@ -85,17 +85,20 @@ class Outcome:
         )
 
 
-def block_environment(overrides: Mapping[str, str | None] | None = None) -> dict[str, str]:
-    """Return the environment for a block: ours, then overrides (None deletes a variable)."""
-    env = dict(os.environ)
+def block_environment(overrides: Mapping[str, str | None] | None = None) -> dict[bytes, bytes]:
+    """Return the environment for a block: ours, then overrides (None deletes a variable).
+
+    As bytes: os.environb needs no decoding here nor encoding in Popen (0.1 ms a block).
+    """
+    env = dict(os.environb)
     # UTF-8 and unbuffered output keep Python children's stdout/stderr in the written order.
-    env["PYTHONIOENCODING"] = "utf-8"
-    env["PYTHONUNBUFFERED"] = "1"
+    env[b"PYTHONIOENCODING"] = b"utf-8"
+    env[b"PYTHONUNBUFFERED"] = b"1"
     for key, value in (overrides or {}).items():
         if value is None:
-            env.pop(key, None)
+            env.pop(os.fsencode(key), None)
         else:
-            env[key] = value
+            env[os.fsencode(key)] = os.fsencode(value)
     return env
 
 
@@ -103,7 +106,7 @@ def run_block(
     argv: Sequence[str],
     *,
     cwd: str,
-    env: dict[str, str],
+    env: dict[bytes, bytes],
     timeout: float,
     capture: OutputCapture,
     cancel: Cancel | None = None,
@@ -115,7 +118,7 @@ def run_block(
     """
     marker = os.urandom(12).hex()
     first_pid = _last_pid()  # the block's processes all get later pids (see _kill_marked)
-    env = {**env, MARKER_VARIABLE: marker}
+    env = {**env, MARKER_VARIABLE.encode(): marker.encode()}
     start = time.monotonic()
     deadline = start + timeout
     proc = subprocess.Popen(
@@ -214,6 +217,8 @@ def _kill_everything(pgid: int, marker: str, first_pid: int | None) -> None:
     id, cannot have been reused by an unrelated process.
     """
     _signal_group(pgid, signal.SIGKILL)
+    if first_pid is not None and _last_pid() == pgid:
+        return  # no process was created after the block's own: it started nothing to hunt
     _kill_marked(marker, first_pid)
 
 
@@ -226,10 +231,9 @@ def _last_pid() -> int | None:
         return None
 
 
-def _new_pids(names: list[str], first_pid: int | None) -> list[int]:
+def _new_pids(names: list[str], first_pid: int | None, last_pid: int | None) -> list[int]:
     """The pids in ``names`` handed out after ``first_pid`` (all of them when unknown)."""
     pids = [int(name) for name in names if name.isdigit()]
-    last_pid = _last_pid()
     if first_pid is None or last_pid is None:
         return pids
     if first_pid <= last_pid:
@@ -253,7 +257,7 @@ def _kill_marked(marker: str, first_pid: int | None = None) -> None:
             return  # no /proc: the process group kill is all we can do
         found = False
         # Reading every process's environment costs ~8 us each; only the block's can match.
-        for pid in _new_pids(entries, first_pid):
+        for pid in _new_pids(entries, first_pid, _last_pid()):
             if pid == me:
                 continue
             try:

@@ -283,7 +283,7 @@ class ExecSession:
             *self._cli.argv, "exec", "--env", f"CCEXEC_BLOCK_ID={block_id}", *env_flags, self.name,
             "/bin/sh", "-c", _EXEC_WRAPPER, "sh", *argv,
         ]  # fmt: skip
-        outcome = run_block(exec_argv, cwd=".", env=dict(os.environ), timeout=deadline, capture=capture, cancel=cancel)
+        outcome = run_block(exec_argv, cwd=".", env=dict(os.environb), timeout=deadline, capture=capture, cancel=cancel)
         if outcome.timed_out or outcome.cancelled:
             self._signal(block_id, "TERM")
             time.sleep(0.5)
