@@ -236,9 +236,14 @@ class RunnerSession:
 
 # The attached main process of exec mode: says it is up, then lives until its stdin closes.
 WAITER = "echo ready; while read -r _; do :; done"
-# Runs a block under docker exec: records its pid (its own process group, as every exec'd
-# process leads one) so a timeout can kill the group without pkill in the image.
-_EXEC_WRAPPER = 'echo $$ > "/tmp/ccexec-$CCEXEC_BLOCK_ID.pid"; cd /workspace && exec "$@"'
+# Runs a block under docker exec. Every exec'd process leads its own process group: the pid
+# file lets a timeout kill that group (no pkill needed in the image); at a normal end the
+# shell, which survives TERM through its trap (the block does not inherit a handler), sends
+# TERM to what the block left behind: one exec per block.
+_EXEC_WRAPPER = (
+    'pf="/tmp/ccexec-$CCEXEC_BLOCK_ID.pid"; echo $$ > "$pf"; cd /workspace || exit 1; trap : TERM; '
+    '"$@"; rc=$?; rm -f "$pf"; kill -s TERM 0 2>/dev/null; exit $rc'
+)
 _KILL_GROUP = 'f="/tmp/ccexec-$1.pid"; [ -f "$f" ] && kill -s "$2" -- "-$(cat "$f")"; [ "$2" = KILL ] && rm -f "$f"; :'
 
 
@@ -287,7 +292,7 @@ class ExecSession:
         if outcome.timed_out or outcome.cancelled:
             self._signal(block_id, "TERM")
             time.sleep(0.5)
-        self._signal(block_id, "KILL")
+            self._signal(block_id, "KILL")
         if self._main is not None and self._main.proc.poll() is not None:
             raise self._main.gone_error()
         return {

@@ -665,3 +665,14 @@ def test_chained_blocks_stop_at_first_failure(executor: DockerCommandLineCodeExe
     assert not (tmp_path / "ran").exists()
     late = executor.execute_code_blocks([CodeBlock("print(1)", "python"), CodeBlock("x", "cobol")])
     assert (late.exit_code, late.output) == (1, "1\nunknown language cobol\n")
+
+
+def test_exec_mode_ends_background_jobs(docker_engine: str, tmp_path: Path) -> None:
+    """In exec mode a block's background job does not outlive it; the exit code is the block's."""
+    with make(docker_engine, tmp_path, mode="exec") as executor:
+        start = time.monotonic()
+        result = executor.execute_code_blocks([CodeBlock("(sleep 1; touch late) & echo bg; exit 3", "sh")])
+        assert (result.exit_code, result.output) == (3, "bg\n")
+        assert time.monotonic() - start < 1.0
+        time.sleep(1.3)
+        assert not (tmp_path / "late").exists()
