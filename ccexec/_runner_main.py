@@ -20,13 +20,18 @@ SIGKILL. It must run on any Python 3.8+, so it uses nothing newer.
 
 import os
 import select
-import signal
 import sys
 import time
 
 MYPY = False
 if MYPY:  # for type comments only: importing typing would slow every container start
+    import signal
     from typing import Any  # noqa: F401 - used in type comments
+else:
+    try:  # the C module itself: `signal` wraps it in enums, and importing enum costs ~4 ms a start
+        import _signal as signal
+    except ImportError:  # pragma: no cover - CPython always has it
+        import signal
 
 # Imported by main() once the ready line is out: json pulls in re, which slows the start.
 json = None  # type: Any
