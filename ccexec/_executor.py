@@ -110,7 +110,9 @@ class BaseCommandLineExecutor:
         from .results import TIMEOUT_EXIT_CODE
 
         tags = sorted(
-            {tag for tag, language in self._languages.items() if tag == _primary_tag(self._languages, language)}
+            tag
+            for tag, language in self._languages.items()
+            if tag == _primary_tag(self._languages, language) and self._can_run(language)
         )
         lines = [
             "You solve tasks by writing code that is run for you. Put each program in a fenced code block "

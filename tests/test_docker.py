@@ -547,6 +547,7 @@ def test_functions_in_container(docker_engine: str, tmp_path: Path) -> None:
         assert failing.exit_code == 1
         assert "TypeError" in failing.output
         assert "/workspace" in executor.code_writer_system_message()
+        assert "pwsh" not in executor.code_writer_system_message()
 
 
 def test_function_package_installed_in_container(docker_engine: str, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import warnings
 from pathlib import Path
@@ -185,6 +186,7 @@ def test_system_message(tmp_path: Path) -> None:
     message = executor.code_writer_system_message()
     for expected in ("python", "sh", "bash", str(tmp_path), "45 seconds", "# filename:", "NEW process"):
         assert expected in message
+    assert ("pwsh" in message) == bool(shutil.which("pwsh"))  # offered only when installed
     assert "def add_two_numbers(a: int, b: int) -> int:" in message
 
 
