@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import selectors
 import signal
 import subprocess
@@ -136,7 +137,7 @@ def run_block(
     try:
         timed_out, cancelled = _wait(proc, pidfd, capture, cancel, deadline)
         if timed_out or cancelled:
-            _terminate_group(proc)
+            _terminate_group(proc.pid, pidfd)
         _kill_everything(proc.pid, marker, first_pid)
         _drain(proc.stdout.fileno(), capture)
         exit_code = proc.wait()
@@ -198,11 +199,22 @@ def _open_pidfd(pid: int) -> int | None:
         return None
 
 
-def _terminate_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the block's group, give the leader TERM_GRACE to exit; SIGKILL follows anyway."""
-    _signal_group(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(TERM_GRACE)
+def _terminate_group(pid: int, pidfd: int | None) -> None:
+    """SIGTERM the block's group, give the leader TERM_GRACE to exit; SIGKILL follows anyway.
+
+    The leader is waited for without being reaped, so its pid (the group's id) stays ours
+    for the SIGKILL that follows.
+    """
+    _signal_group(pid, signal.SIGTERM)
+    if pidfd is not None:
+        select.select([pidfd], [], [], TERM_GRACE)
+        return
+    if not hasattr(os, "waitid"):  # macOS: no pidfd, no waitid
+        time.sleep(TERM_GRACE)
+        return
+    end = time.monotonic() + TERM_GRACE
+    while time.monotonic() < end and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        time.sleep(0.01)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
