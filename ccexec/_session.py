@@ -280,6 +280,9 @@ class ExecSession:
             except FilenameOutsideWorkspace:
                 capture.feed(f"Filename is not in the workspace: {path!r}\n".encode())
                 return {"exit_code": 1, "not_started": True}
+            except OSError as exc:  # a directory by that name, a name too long...
+                capture.feed(f"ccexec: cannot write {path!r}: {exc.strerror}\n".encode())
+                return {"exit_code": 1, "not_started": True}
         argv = [f"{WORKSPACE}/{path}" if part == "{file}" else part for part in request["argv"]]
         if "{python}" in argv:
             argv = [self._python() if part == "{python}" else part for part in argv]
@@ -325,9 +328,12 @@ class ExecSession:
                 handle.write(code)
             return
         script = 'mkdir -p "$(dirname "$1")" && cat > "$1"'
-        self._cli.run(
-            "exec", "-i", self.name, "/bin/sh", "-c", script, "sh", f"{WORKSPACE}/{path}", input=code.encode()
+        target = f"{WORKSPACE}/{path}"
+        done = self._cli.run(
+            "exec", "-i", self.name, "/bin/sh", "-c", script, "sh", target, input=code.encode(), check=False
         )
+        if done.returncode != 0:
+            raise OSError(done.returncode, done.stderr.decode("utf-8", "replace").strip() or "write failed")
 
     def _signal(self, block_id: str, signal_name: str) -> None:
         with contextlib.suppress(DockerError):

@@ -108,9 +108,12 @@ class LocalCommandLineCodeExecutor(BaseCommandLineExecutor):
                 path = host_code_path(name, work_dir)
             except FilenameOutsideWorkspace:
                 return self._outside_workspace(block.language, name)
+        try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8", newline="") as handle:
-            handle.write(block.code)
+            with open(path, "w", encoding="utf-8", newline="") as handle:
+                handle.write(block.code)
+        except OSError as exc:  # a directory by that name, a name too long, a full disk...
+            return self._not_started(block.language, f"ccexec: cannot write {name or path!r}: {exc.strerror}\n")
         argv = language.argv(path, self._python)
         from ._process import block_environment, run_block
 

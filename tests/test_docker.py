@@ -677,3 +677,14 @@ def test_exec_mode_ends_background_jobs(docker_engine: str, tmp_path: Path) -> N
         assert time.monotonic() - start < 1.0
         time.sleep(1.3)
         assert not (tmp_path / "late").exists()
+
+
+@pytest.mark.parametrize("mode", ["runner", "exec"])
+@pytest.mark.parametrize("mount", [True, False])
+def test_unwritable_filename_is_a_result(docker_engine: str, tmp_path: Path, mode: str, mount: bool) -> None:
+    """A name that is an existing directory gives exit 1 and says so, in every mode."""
+    with make(docker_engine, tmp_path, mode=mode, mount_work_dir=mount) as executor:
+        executor.execute_code_blocks([CodeBlock("mkdir -p adir", "sh")])
+        result = executor.execute_code_blocks([CodeBlock("# filename: adir\nprint(1)", "python")])
+    assert result.exit_code == 1
+    assert "adir" in result.output

@@ -485,3 +485,13 @@ def children_of(ppid: int) -> list[int]:
             if int(fields[1]) == ppid and fields[0] != "Z":
                 found.append(int(name))
     return found
+
+
+@pytest.mark.parametrize("name", ["taken/x.py", "adir", "n" * 300 + ".py"])
+def test_unwritable_filename_is_a_result(local: LocalCommandLineCodeExecutor, tmp_path: Path, name: str) -> None:
+    """A name that cannot be written (under a file, a directory, too long) gives exit 1, not an exception."""
+    (tmp_path / "taken").write_text("", encoding="utf-8")
+    (tmp_path / "adir").mkdir()
+    result = local.execute_code_blocks([CodeBlock(f"# filename: {name}\nprint(1)", "python")])
+    assert result.exit_code == 1
+    assert "cannot write" in result.output
