@@ -36,7 +36,7 @@ class BaseCommandLineExecutor:
         languages: Mapping[str, Language] | None,
         max_output_bytes: int,
         on_output: OutputCallback,
-        setup_timeout: float,
+        setup_timeout: float | None,
     ) -> None:
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 1:
             raise InvalidArgumentError(f"timeout must be a number of seconds >= 1, got {timeout!r}", timeout=timeout)
@@ -55,6 +55,7 @@ class BaseCommandLineExecutor:
                 "functions must be a list of functions, FunctionWithRequirements or "
                 "FunctionWithRequirements.from_str(...) objects"
             )
+        setup_timeout = timeout if setup_timeout is None else setup_timeout  # AutoGen uses the block timeout
         if not isinstance(setup_timeout, (int, float)) or setup_timeout <= 0:
             raise InvalidArgumentError(f"setup_timeout must be a positive number, got {setup_timeout!r}")
         self._setup_timeout = float(setup_timeout)

@@ -253,6 +253,8 @@ def _new_pids(names: list[str], first_pid: int | None, last_pid: int | None) -> 
     return [pid for pid in pids if pid > first_pid or pid <= last_pid]  # the counter wrapped
 
 
+# The in-container runner (_runner_main.py) has its own copy of this hunt: it is shipped as a
+# standalone script and cannot import ccexec.
 def _kill_marked(marker: str, first_pid: int | None = None) -> None:
     """SIGKILL processes whose environment holds ``marker`` until none is left (Linux /proc).
 

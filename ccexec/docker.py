@@ -126,7 +126,7 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
             languages=languages,
             max_output_bytes=max_output_bytes,
             on_output=on_output,
-            setup_timeout=timeout if setup_timeout is None else setup_timeout,
+            setup_timeout=setup_timeout,
         )
         if not image or not isinstance(image, str):
             raise InvalidArgumentError(f"image must be a non-empty string, got {image!r}", image=image)

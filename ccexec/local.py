@@ -78,7 +78,7 @@ class LocalCommandLineCodeExecutor(BaseCommandLineExecutor):
             languages=languages,
             max_output_bytes=max_output_bytes,
             on_output=on_output,
-            setup_timeout=timeout if setup_timeout is None else setup_timeout,
+            setup_timeout=setup_timeout,
         )
         self._cleanup_temp_files = cleanup_temp_files
         self._python = sys.executable
