@@ -52,7 +52,10 @@ MODES = ("runner", "exec")
 _RUNNER_SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_runner_main.py")
 # Prefer python3 (some images have no `python`); fall back to python.
 # -I -S: the runner needs only the standard library, and site's imports cost ~5 ms per start.
-_BOOT = 'command -v python3 >/dev/null && exec python3 -I -S -c "$0" || exec python -I -S -c "$0"'
+_BOOT = (
+    'for py in python3 python; do command -v $py >/dev/null && exec $py -I -S -c "$0"; done; '
+    "echo \"ccexec: the image has neither python3 nor python; use mode='exec' (only sh needed)\" >&2; exit 127"
+)
 # The main process of a container that outlives us (stop_container=False): sleeps until stopped.
 _KEEPALIVE = 'trap "exit 0" TERM; while :; do sleep 3600 & wait $!; done'
 _BLOCK_ENV = {"PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}

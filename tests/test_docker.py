@@ -688,3 +688,26 @@ def test_unwritable_filename_is_a_result(docker_engine: str, tmp_path: Path, mod
         result = executor.execute_code_blocks([CodeBlock("# filename: adir\nprint(1)", "python")])
     assert result.exit_code == 1
     assert "adir" in result.output
+
+
+@pytest.fixture
+def image_without_python(docker_engine: str) -> Iterator[str]:
+    """The test image with its Python removed (made here, removed afterwards)."""
+    name = f"{TEST_PREFIX}nopy-{os.urandom(3).hex()}"
+    image = f"ccexec-test/nopython:{os.urandom(3).hex()}"
+    remove = "rm -f /usr/bin/python /usr/bin/python3 /usr/bin/python3.*"
+    subprocess.run(
+        ["docker", "run", "--name", name, docker_engine, "sh", "-c", remove], check=True, capture_output=True
+    )
+    subprocess.run(["docker", "commit", name, image], check=True, capture_output=True)
+    subprocess.run(["docker", "rm", name], check=True, capture_output=True)
+    yield image
+    subprocess.run(["docker", "rmi", image], check=False, capture_output=True)
+
+
+def test_image_without_python(image_without_python: str, tmp_path: Path) -> None:
+    """Runner mode says the image lacks Python and points to exec mode, where sh blocks still run."""
+    with pytest.raises(ccexec.DockerError, match="mode='exec'"):
+        make(image_without_python, tmp_path).start()
+    with make(image_without_python, tmp_path, mode="exec") as executor:
+        assert executor.execute_code_blocks([CodeBlock("echo sh only", "sh")]).output == "sh only\n"
