@@ -67,6 +67,10 @@ class DockerCLI:
         """Whether the client is Podman (which differs in a few flags)."""
         return "podman" in self.name
 
+    def remove_args(self, *names: str) -> list[str]:
+        """``rm --force`` arguments; Podman would first wait 10 s on a process that ignores SIGTERM."""
+        return ["rm", "--force", *(["--time", "0"] if self.is_podman else []), *names]
+
     def target(self) -> str:
         """Describe which engine the client talks to, for error messages."""
         parts = []

@@ -92,7 +92,7 @@ class _Attached:
 def remove_container(cli: DockerCLI, name: str) -> None:
     """Remove a container by force, ignoring failures (it may be gone already)."""
     with contextlib.suppress(DockerError):
-        cli.run("rm", "--force", name, check=False)
+        cli.run(*cli.remove_args(name), check=False)
 
 
 class _Pending:

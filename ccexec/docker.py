@@ -456,7 +456,7 @@ def collect_garbage(docker: ClientCommand = "docker", *, dry_run: bool = False) 
         orphans.append(name)
     if orphans and not dry_run:
         # Kept containers (stop_container=False) carry the label too, but gc only runs when asked.
-        cli.run("rm", "--force", *orphans, check=False)
+        cli.run(*cli.remove_args(*orphans), check=False)
     return orphans
 
 

@@ -181,7 +181,7 @@ def test_podman_sigkill_of_host_process_removes_container(podman_engine: str, tm
 def test_podman_labels_and_gc_removes_only_orphans(podman_engine: str, tmp_path: Path) -> None:
     """Podman containers carry ccexec's labels; `ccexec gc --docker podman` removes an orphan, not a live one."""
     orphan = unique_name("podman-orphan")
-    keepalive = 'trap "exit 0" TERM; while :; do sleep 1 & wait $!; done'  # as a kept ccexec container
+    keepalive = "exec sleep 600"  # PID 1 without a TERM handler: only SIGKILL ends it
     labels = {
         "org.ccexec": "1",
         "org.ccexec.owner-pid": "999999999",
@@ -196,8 +196,10 @@ def test_podman_labels_and_gc_removes_only_orphans(podman_engine: str, tmp_path:
             template = '{{index .Config.Labels "org.ccexec"}} {{index .Config.Labels "org.ccexec.owner-pid"}}'
             inspected = cli("podman", "inspect", "--format", template, live.container_name)
             assert inspected.stdout.split() == ["1", str(os.getpid())]
+            started = time.monotonic()
             gc = cli(sys.executable, "-m", "ccexec", "gc", "--docker", "podman")
             assert gc.returncode == 0, gc.stderr
+            assert time.monotonic() - started < 5  # no 10 s grace period (rm --time 0)
             assert orphan in gc.stdout
             assert live.container_name not in gc.stdout
             assert state("podman", live.container_name) == "running"
