@@ -237,12 +237,16 @@ class RunnerSession:
 # The attached main process of exec mode: says it is up, then lives until its stdin closes.
 WAITER = "echo ready; while read -r _; do :; done"
 # Runs a block under docker exec. Every exec'd process leads its own process group: the pid
-# file lets a timeout kill that group (no pkill needed in the image); at a normal end the
-# shell, which survives TERM through its trap (the block does not inherit a handler), sends
-# TERM to what the block left behind: one exec per block.
+# file lets a timeout kill that group from another exec (no pkill needed in the image). At a
+# normal end the shell itself kills what the block left in its group: TERM to the group (the
+# shell survives it through its trap; the block does not inherit a handler), then SIGKILL to
+# each remaining member found in /proc (not to the group, which would end the shell too).
 _EXEC_WRAPPER = (
     'pf="/tmp/ccexec-$CCEXEC_BLOCK_ID.pid"; echo $$ > "$pf"; cd /workspace || exit 1; trap : TERM; '
-    '"$@"; rc=$?; rm -f "$pf"; kill -s TERM 0 2>/dev/null; exit $rc'
+    '"$@"; rc=$?; rm -f "$pf"; kill -s TERM 0 2>/dev/null; '
+    'for f in /proc/[0-9]*/stat; do read -r s < "$f" 2>/dev/null || continue; p=${f#/proc/}; p=${p%/stat}; '
+    's=${s##*) }; set -- $s; [ "$3" = "$$" ] && [ "$p" != "$$" ] && kill -s KILL "$p" 2>/dev/null; done; '
+    "exit $rc"
 )
 _KILL_GROUP = 'f="/tmp/ccexec-$1.pid"; [ -f "$f" ] && kill -s "$2" -- "-$(cat "$f")"; [ "$2" = KILL ] && rm -f "$f"; :'
 

@@ -672,7 +672,8 @@ def test_exec_mode_ends_background_jobs(docker_engine: str, tmp_path: Path) -> N
     """In exec mode a block's background job does not outlive it; the exit code is the block's."""
     with make(docker_engine, tmp_path, mode="exec") as executor:
         start = time.monotonic()
-        result = executor.execute_code_blocks([CodeBlock("(sleep 1; touch late) & echo bg; exit 3", "sh")])
+        code = "(trap '' TERM; sleep 1; touch late) & echo bg; exit 3"  # the job even ignores SIGTERM
+        result = executor.execute_code_blocks([CodeBlock(code, "sh")])
         assert (result.exit_code, result.output) == (3, "bg\n")
         assert time.monotonic() - start < 1.0
         time.sleep(1.3)
