@@ -11,7 +11,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NoReturn
 
 import pytest
 
@@ -127,17 +127,67 @@ def docker_engine(request: pytest.FixtureRequest) -> str:
     return TEST_IMAGE
 
 
+def unavailable(request: pytest.FixtureRequest, problem: str) -> NoReturn:
+    """Skip with the reason, or fail when CI=true or --require-docker asks for every engine."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes") or request.config.getoption("--require-docker"):
+        pytest.fail(f"this engine is required (CI=true or --require-docker) but {problem}")
+    pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def podman_engine(request: pytest.FixtureRequest) -> str:
+    """The test image's name, once podman has it; skip (or fail in CI) otherwise."""
+    if shutil.which("podman") is None:
+        unavailable(request, "podman is not installed (run scripts/test-engine.sh --podman)")
+    if subprocess.run(["podman", "image", "exists", TEST_IMAGE], capture_output=True, check=False).returncode:
+        unavailable(request, f"podman has no image {TEST_IMAGE} (run scripts/test-engine.sh --podman)")
+    return TEST_IMAGE
+
+
+class Engine:
+    """A container engine under test: its client command and the test image in its store."""
+
+    def __init__(self, client: str, image: str) -> None:
+        self.client, self.image = client, image
+
+    def state(self, name: str) -> str:
+        """`running`, `exited`... or `gone`."""
+        out = subprocess.run(
+            [self.client, "inspect", "--format", "{{.State.Status}}", name],
+            capture_output=True,
+            encoding="utf-8",
+            check=False,
+        )
+        return out.stdout.strip() if out.returncode == 0 else "gone"
+
+    def wait_state(self, name: str, wanted: str, within: float) -> str:
+        """Poll the container's state until it is ``wanted`` or ``within`` seconds passed."""
+        end = time.monotonic() + within
+        current = self.state(name)
+        while current != wanted and time.monotonic() < end:
+            time.sleep(0.1)
+            current = self.state(name)
+        return current
+
+
+@pytest.fixture(params=["docker", "podman"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Each engine in turn, for the scenarios every engine must pass (the docker marker applies)."""
+    fixture = "docker_engine" if request.param == "docker" else "podman_engine"
+    return Engine(request.param, request.getfixturevalue(fixture))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that uses the engine as `docker`, so `-m 'not docker'` works."""
     for item in items:
-        if "docker_engine" in getattr(item, "fixturenames", ()):
+        if {"docker_engine", "podman_engine", "engine"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.docker)
 
 
-def leftover_containers() -> list[str]:
-    """Names of the containers the tests created that still exist."""
+def leftover_containers(client: str = "docker") -> list[str]:
+    """Names of the containers the tests created that still exist in ``client``'s engine."""
     out = subprocess.run(
-        ["docker", "ps", "--all", "--filter", f"name={TEST_PREFIX}", "--format", "{{.Names}}"],
+        [client, "ps", "--all", "--filter", f"name={TEST_PREFIX}", "--format", "{{.Names}}"],
         capture_output=True,
         encoding="utf-8",
         check=False,
@@ -147,13 +197,14 @@ def leftover_containers() -> list[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def no_container_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After the whole suite: no container the tests created is left (checked when Docker ran)."""
+    """After the whole suite: no container the tests created is left, in Docker or Podman."""
     yield
-    if shutil.which("docker") is None or _docker_problem() is not None:
-        return
-    deadline = time.monotonic() + 15
-    left = leftover_containers()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = leftover_containers()
-    assert left == [], f"containers left behind by the tests: {left}"
+    clients = [] if shutil.which("docker") is None or _docker_problem() is not None else ["docker"]
+    clients += ["podman"] if shutil.which("podman") else []
+    for client in clients:
+        deadline = time.monotonic() + 15
+        left = leftover_containers(client)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = leftover_containers(client)
+        assert left == [], f"{client} containers left behind by the tests: {left}"

@@ -20,7 +20,7 @@ import pytest
 import ccexec
 from ccexec import CodeBlock, DockerCommandLineCodeExecutor
 
-from .conftest import HELPERS, TEST_PREFIX
+from .conftest import HELPERS, TEST_PREFIX, Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,10 +89,10 @@ def test_saved_file_equals_code_and_is_on_host(docker_engine: str, tmp_path: Pat
     assert (tmp_path / "pkg" / "saved.py").read_text(encoding="utf-8") == code
 
 
-def test_timeout_kills_and_marker_is_never_written(docker_engine: str, tmp_path: Path) -> None:
-    """At the deadline: exit 124, partial output, Timeout line; a late write never happens."""
+def test_timeout_kills_and_marker_is_never_written(engine: Engine, tmp_path: Path) -> None:
+    """At the deadline: exit 124, partial output, Timeout line; a late write never happens (each engine)."""
     code = "echo started; (sleep 1.5; touch late-marker) & sleep 30"
-    with make(docker_engine, tmp_path, timeout=1) as executor:
+    with make(engine.image, tmp_path, timeout=1, docker=engine.client) as executor:
         start = time.monotonic()
         result = executor.execute_code_blocks([CodeBlock(code, "sh")])
         elapsed = time.monotonic() - start
@@ -118,11 +118,11 @@ def test_timeout_kills_stubborn_tree(docker_engine: str, tmp_path: Path) -> None
         assert executor.execute_code_blocks([CodeBlock(PROCESS_COUNT, "python")]).output == "1\n"
 
 
-def test_async_cancellation_kills_the_block(docker_engine: str, tmp_path: Path) -> None:
-    """Cancelling the awaiting task stops the block in the container before it propagates."""
+def test_async_cancellation_kills_the_block(engine: Engine, tmp_path: Path) -> None:
+    """Cancelling the awaiting task stops the block in the container before it propagates (each engine)."""
 
     async def main() -> None:
-        async with make(docker_engine, tmp_path, timeout=30) as executor:
+        async with make(engine.image, tmp_path, timeout=30, docker=engine.client) as executor:
             code = "import time, pathlib\npathlib.Path('started').touch()\ntime.sleep(2)\npathlib.Path('late').touch()"
             task = asyncio.ensure_future(executor.aexecute_code_blocks([CodeBlock(code, "python")]))
             while not (tmp_path / "started").exists():
@@ -382,14 +382,13 @@ def test_labels(executor: DockerCommandLineCodeExecutor) -> None:
     assert out.stdout.strip() == str(os.getpid())
 
 
-def test_sigkill_of_host_process_removes_container(docker_engine: str, tmp_path: Path) -> None:
-    """A host process SIGKILLed mid-block leaves no container behind within 10 s."""
+def test_sigkill_of_host_process_removes_container(engine: Engine, tmp_path: Path) -> None:
+    """A host process SIGKILLed mid-block leaves no container behind within 10 s (each engine)."""
     script = textwrap.dedent(
         f"""
-        import sys
         from ccexec import DockerCommandLineCodeExecutor, CodeBlock
         name = {TEST_PREFIX + "killed-" + os.urandom(3).hex()!r}
-        ex = DockerCommandLineCodeExecutor({docker_engine!r}, name, work_dir={str(tmp_path)!r})
+        ex = DockerCommandLineCodeExecutor({engine.image!r}, name, docker={engine.client!r}, work_dir={str(tmp_path)!r})
         ex.start()
         print(ex.container_name, flush=True)
         ex.execute_code_blocks([CodeBlock("import time; time.sleep(60)", "python")])
@@ -398,14 +397,14 @@ def test_sigkill_of_host_process_removes_container(docker_engine: str, tmp_path:
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, encoding="utf-8", cwd=ROOT)
     assert child.stdout is not None
     name = child.stdout.readline().strip()
-    assert container_state(name) == "running"
+    assert engine.state(name) == "running"
     time.sleep(0.3)
     child.send_signal(signal.SIGKILL)
     child.wait()
     child.stdout.close()
     start = time.monotonic()
-    assert wait_state(name, "gone", 10) == "gone"
-    print(f"container gone {time.monotonic() - start:.2f} s after SIGKILL")
+    assert engine.wait_state(name, "gone", 10) == "gone"
+    print(f"{engine.client} container gone {time.monotonic() - start:.2f} s after SIGKILL")
 
 
 def test_gc_removes_only_orphans(docker_engine: str, tmp_path: Path) -> None:

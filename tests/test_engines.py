@@ -7,23 +7,20 @@ A missing part skips these tests, except with CI=true or --require-docker, where
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
-from typing import Any, Iterator, NoReturn
+from typing import Any
 
 import pytest
 
 from ccexec import CodeBlock, DockerCommandLineCodeExecutor
 
-from .conftest import TEST_IMAGE, TEST_PREFIX
+from .conftest import TEST_IMAGE, TEST_PREFIX, unavailable
 
 pytestmark = pytest.mark.docker
 
@@ -34,13 +31,6 @@ SSH_CONTEXT = "ccexec-test-ssh"
 PROCESS_COUNT = "import os; print(sum(1 for p in os.listdir('/proc') if p.isdigit() and p != str(os.getpid())))"
 #: A block that would write a marker 3 s after it starts, unless its deadline killed it first.
 LATE_MARKER = "echo started; (sleep 3; touch late-marker) & sleep 30"
-
-
-def unavailable(request: pytest.FixtureRequest, problem: str) -> NoReturn:
-    """Skip with the reason, or fail when CI=true or --require-docker asks for every engine."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes") or request.config.getoption("--require-docker"):
-        pytest.fail(f"this engine is required (CI=true or --require-docker) but {problem}")
-    pytest.skip(problem)
 
 
 def cli(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -72,36 +62,6 @@ def unique_name(kind: str) -> str:
 # -- Podman ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def podman_engine(request: pytest.FixtureRequest) -> str:
-    """The test image's name, once podman has it; skip (or fail in CI) otherwise."""
-    if shutil.which("podman") is None:
-        unavailable(request, "podman is not installed (run scripts/test-engine.sh --podman)")
-    if cli("podman", "image", "exists", TEST_IMAGE).returncode != 0:
-        unavailable(request, f"podman has no image {TEST_IMAGE} (run scripts/test-engine.sh --podman)")
-    return TEST_IMAGE
-
-
-def podman_leftovers() -> list[str]:
-    """Names of the podman containers the tests created that still exist."""
-    out = cli("podman", "ps", "--all", "--filter", f"name={TEST_PREFIX}", "--format", "{{.Names}}")
-    return [name for name in out.stdout.split() if name.startswith(TEST_PREFIX)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_podman_container_left_behind() -> Iterator[None]:
-    """After this module: no podman container the tests created is left (conftest checks Docker's)."""
-    yield
-    if shutil.which("podman") is None:
-        return
-    deadline = time.monotonic() + 15
-    left = podman_leftovers()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = podman_leftovers()
-    assert left == [], f"podman containers left behind by the tests: {left}"
-
-
 def podman(image: str, work_dir: Path, **kwargs: Any) -> DockerCommandLineCodeExecutor:
     """A podman executor whose container name marks it as the tests'."""
     kwargs.setdefault("timeout", 10)
@@ -117,65 +77,6 @@ def test_podman_two_blocks(podman_engine: str, tmp_path: Path, qualified: bool) 
     assert (result.exit_code, result.output) == (0, "one\ntwo\n/workspace\n")
     assert result.code_file is not None
     assert Path(result.code_file).parent == tmp_path
-
-
-def test_podman_timeout_kills_and_marker_is_never_written(podman_engine: str, tmp_path: Path) -> None:
-    """Under podman a block past its deadline gets exit 124, and what it left running never writes its marker."""
-    with podman(podman_engine, tmp_path, timeout=1) as executor:
-        start = time.monotonic()
-        result = executor.execute_code_blocks([CodeBlock(LATE_MARKER, "sh")])
-        assert (result.exit_code, result.timed_out) == (124, True)
-        assert result.output.startswith("started\n")
-        assert "Timeout" in result.output
-        assert time.monotonic() - start < 3
-        time.sleep(max(0.0, start + 3.5 - time.monotonic()))
-        assert not (tmp_path / "late-marker").exists()
-        assert executor.execute_code_blocks([CodeBlock(PROCESS_COUNT, "python")]).output == "1\n"
-
-
-def test_podman_async_cancellation_kills_the_block(podman_engine: str, tmp_path: Path) -> None:
-    """Under podman, cancelling the awaiting task stops the block before the cancellation propagates."""
-
-    async def main() -> None:
-        async with podman(podman_engine, tmp_path, timeout=30) as executor:
-            code = "import time, pathlib\npathlib.Path('started').touch()\ntime.sleep(2)\npathlib.Path('late').touch()"
-            task = asyncio.ensure_future(executor.aexecute_code_blocks([CodeBlock(code, "python")]))
-            while not (tmp_path / "started").exists():
-                await asyncio.sleep(0.02)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            count = await executor.aexecute_code_blocks([CodeBlock(PROCESS_COUNT, "python")])
-            assert count.output == "1\n"
-            await asyncio.sleep(2.2)
-            assert not (tmp_path / "late").exists()
-
-    asyncio.run(main())
-
-
-def test_podman_sigkill_of_host_process_removes_container(podman_engine: str, tmp_path: Path) -> None:
-    """A host process SIGKILLed mid-block leaves no podman container within 10 s (runner exits, --rm)."""
-    name = unique_name("podman-killed")
-    script = textwrap.dedent(
-        f"""
-        from ccexec import DockerCommandLineCodeExecutor, CodeBlock
-        ex = DockerCommandLineCodeExecutor({podman_engine!r}, {name!r}, docker="podman", work_dir={str(tmp_path)!r})
-        ex.start()
-        print("started", flush=True)
-        ex.execute_code_blocks([CodeBlock("import time; time.sleep(60)", "python")])
-        """
-    )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, encoding="utf-8", cwd=ROOT)
-    assert child.stdout is not None
-    assert child.stdout.readline() == "started\n"
-    assert state("podman", name) == "running"
-    time.sleep(0.3)  # the block is running
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    child.stdout.close()
-    start = time.monotonic()
-    assert wait_state("podman", name, "gone", 10) == "gone"
-    print(f"podman container gone {time.monotonic() - start:.2f} s after SIGKILL")
 
 
 def test_podman_labels_and_gc_removes_only_orphans(podman_engine: str, tmp_path: Path) -> None:
