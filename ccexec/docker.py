@@ -349,12 +349,9 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
         return container_relative_path(name, WORKSPACE)
 
     def _live_session(self) -> _Session:
-        session = self._session
-        if session is None or not session.alive:
-            self.start()
-            session = self._session
-            assert session is not None
-        return session
+        self._ensure_started()
+        assert self._session is not None
+        return self._session
 
     def _request(self, block: CodeBlock, language: Language, relative: str) -> dict[str, Any]:
         return {

@@ -38,21 +38,9 @@ def executor(docker_engine: str, tmp_path: Path) -> Iterator[DockerCommandLineCo
         yield started
 
 
-def container_state(name: str) -> str:
-    """`running`, `exited`... or `gone`."""
-    out = subprocess.run(
-        ["docker", "inspect", "--format", "{{.State.Status}}", name], capture_output=True, encoding="utf-8", check=False
-    )
-    return out.stdout.strip() if out.returncode == 0 else "gone"
-
-
-def wait_state(name: str, state: str, within: float) -> str:
-    end = time.monotonic() + within
-    current = container_state(name)
-    while current != state and time.monotonic() < end:
-        time.sleep(0.1)
-        current = container_state(name)
-    return current
+DOCKER = Engine("docker", "")
+container_state = DOCKER.state
+wait_state = DOCKER.wait_state
 
 
 PROCESS_COUNT = "import os; print(sum(1 for p in os.listdir('/proc') if p.isdigit() and p != str(os.getpid())))"

@@ -20,7 +20,7 @@ import pytest
 
 from ccexec import CodeBlock, DockerCommandLineCodeExecutor
 
-from .conftest import TEST_IMAGE, TEST_PREFIX, unavailable
+from .conftest import TEST_IMAGE, TEST_PREFIX, Engine, unavailable
 
 pytestmark = pytest.mark.docker
 
@@ -40,18 +40,12 @@ def cli(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 def state(client: str, name: str) -> str:
     """`running`, `exited`... or `gone`."""
-    out = cli(client, "inspect", "--format", "{{.State.Status}}", name)
-    return out.stdout.strip() if out.returncode == 0 else "gone"
+    return Engine(client, TEST_IMAGE).state(name)
 
 
 def wait_state(client: str, name: str, wanted: str, within: float) -> str:
     """Poll the container's state until it is ``wanted`` or ``within`` seconds passed."""
-    end = time.monotonic() + within
-    current = state(client, name)
-    while current != wanted and time.monotonic() < end:
-        time.sleep(0.1)
-        current = state(client, name)
-    return current
+    return Engine(client, TEST_IMAGE).wait_state(name, wanted, within)
 
 
 def unique_name(kind: str) -> str:
