@@ -15,9 +15,9 @@ import time
 from collections import deque
 from typing import Any, Iterator
 
-from . import _docker_cli
+from .backends import docker_cli as _docker_cli
 from ._capture import OutputCapture
-from ._docker_cli import DockerCLI
+from .backends.docker_cli import DockerCLI
 from ._process import Cancel, run_block
 from .blocks import FilenameOutsideWorkspace, host_code_path
 from .docker import WORKSPACE

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from typing import Any, Iterator, Mapping, Sequence, Union
 
     from ._capture import OutputCallback
-    from ._docker_cli import ClientCommand, DockerCLI
+    from .backends.docker_cli import ClientCommand, DockerCLI
     from ._process import Cancel
     from ._session import ExecSession, RunnerSession
 
@@ -143,7 +143,7 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
         if mode not in MODES:
             raise InvalidArgumentError(f"mode must be one of {MODES}, got {mode!r}", mode=mode)
         self._mode = mode
-        from ._docker_cli import DockerCLI, run_options
+        from .backends.docker_cli import DockerCLI, run_options
 
         self._cli = DockerCLI(docker)
         self._mount_work_dir = mount_work_dir
@@ -434,7 +434,7 @@ def collect_garbage(docker: ClientCommand = "docker", *, dry_run: bool = False) 
     Only containers carrying ccexec's label, created on this host, whose owner pid no longer
     runs (or now belongs to a newer process) are touched; nothing else ever is.
     """
-    from ._docker_cli import DockerCLI
+    from .backends.docker_cli import DockerCLI
 
     cli = DockerCLI(docker)
     labels = ("owner-pid", "owner-start", "host")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from ._docker_cli import DockerCLI
+from .backends.docker_cli import DockerCLI
 from .errors import CcexecError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing

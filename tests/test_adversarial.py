@@ -302,7 +302,7 @@ def silent_engine(tmp_path: Path) -> Iterator[str]:
 @pytest.mark.usefixtures("docker_engine")
 def test_hung_engine_hits_a_deadline(silent_engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real docker client talking to an engine that never answers: every call hits its deadline."""
-    from ccexec import _docker_cli
+    from ccexec.backends import docker_cli as _docker_cli
 
     monkeypatch.setattr(_docker_cli, "CLI_DEADLINE", 2.0)
     monkeypatch.setattr(_docker_cli, "RUN_DEADLINE", 2.0)

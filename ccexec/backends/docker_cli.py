@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from typing import Mapping, Sequence, Union
 
-from .errors import (
+from ..errors import (
     ContainerGoneError,
     DockerError,
     DockerNotFoundError,
