@@ -60,7 +60,8 @@ def package(session: nox.Session) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    for required in ("ccexec/py.typed", "ccexec/_runner_main.py", "ccexec/integrations/autogen.py"):
+    shipped = ("_supervisor.py", "_protocol.py", "_tree.py", "_workdir.py", "backends/docker.py", "py.typed")
+    for required in (*(f"ccexec/{name}" for name in shipped), "ccexec/integrations/autogen.py"):
         if required not in names:
             session.error(f"the wheel does not ship {required}")
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]

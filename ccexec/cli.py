@@ -91,7 +91,7 @@ def _read_blocks(path: str, language: str | None) -> list[CodeBlock]:
             with open(path, encoding="utf-8", errors="replace") as handle:
                 text = handle.read()
         except OSError as exc:
-            raise InvalidArgumentError(f"cannot read {path!r}: {exc.strerror}", path=path) from None
+            raise InvalidArgumentError(f"cannot read {path!r}: {exc.strerror}") from None
         suffix = os.path.splitext(path)[1].lower()
     language = language or _SUFFIX_LANGUAGES.get(suffix)
     if language is not None:

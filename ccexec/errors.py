@@ -2,61 +2,96 @@
 
 What the user's code does (a non-zero exit, a timeout, a crash) comes back as data in the
 result; these exceptions are for failures of ccexec's own machinery and for bad arguments.
-Each class subclasses the builtin that matches, so ``except ValueError`` keeps working, and
-each keeps its data as attributes and survives pickling.
+Each class subclasses the builtin that matches, so ``except ValueError`` keeps working; each
+keeps its data in typed attributes and survives pickling and copying.
 """
 
 from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Sequence
 
 
 class CcexecError(Exception):
     """Root of every exception ccexec raises on purpose."""
 
-    def __init__(self, message: str, **details: Any) -> None:
+    def __init__(self, message: str = "") -> None:
         super().__init__(message)
         self.message = message
-        self.details = details
-        for key, value in details.items():
-            setattr(self, key, value)
 
     def __str__(self) -> str:
         return self.message
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword details do not survive the default Exception pickling.
-        return (_rebuild, (type(self), self.message, self.details))
-
-
-def _rebuild(cls: type[CcexecError], message: str, details: dict[str, Any]) -> CcexecError:
-    return cls(message, **details)
+        # The typed fields are keyword-only with defaults: rebuild from the message, then restore them.
+        return (type(self), (self.message,), dict(self.__dict__))
 
 
 class InvalidArgumentError(CcexecError, ValueError):
     """An argument given to ccexec is invalid; nothing was started."""
 
 
-class ExecutionTimeoutError(CcexecError, TimeoutError):
-    """A step of ccexec's own machinery (not a code block) ran past its deadline."""
-
-
-class InterpreterNotFoundError(CcexecError, FileNotFoundError):
-    """A program ccexec needs (an interpreter, the docker client) cannot be found."""
-
-
 class VirtualEnvError(CcexecError, RuntimeError):
-    """A virtual environment could not be created or does not work."""
+    """A virtual environment could not be created or does not work; ``path`` is where."""
+
+    def __init__(self, message: str = "", *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class FunctionSetupError(CcexecError, ValueError):
-    """The user-defined functions could not be written, installed or imported."""
+    """The user-defined functions could not be written, installed or imported.
+
+    ``output`` is what pip or Python printed; ``exit_code`` theirs (None when killed at the deadline).
+    """
+
+    def __init__(self, message: str = "", *, output: str = "", exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.output = output
+        self.exit_code = exit_code
+
+
+class SupervisorGoneError(CcexecError, RuntimeError):
+    """The supervisor running the blocks died, hung or went silent; the running blocks' results are lost.
+
+    ``where`` names it (``the local executor``, ``container ccexec-...``), ``reason`` says what happened.
+    """
+
+    def __init__(self, message: str = "", *, where: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.where = where
+        self.reason = reason
+
+    def __str__(self) -> str:
+        if self.message:
+            return self.message
+        return (
+            f"the supervisor of {self.where} is gone ({self.reason}); its blocks were killed and their "
+            "results are lost. The next call starts a new one."
+        )
+
+
+class ProtocolViolationError(SupervisorGoneError):
+    """The supervisor's channel carried something that breaks the protocol; the session was ended."""
+
+    def __str__(self) -> str:
+        if self.message:
+            return self.message
+        return (
+            f"the channel to the supervisor of {self.where} carried a malformed frame ({self.reason}); "
+            "the session was ended and its blocks killed. The next call starts a new one."
+        )
 
 
 class DockerError(CcexecError, RuntimeError):
-    """The docker client or engine failed; ``command`` and ``stderr`` say how."""
+    """The docker client or engine failed; ``command`` (the argv) and ``stderr`` say how."""
+
+    def __init__(self, message: str = "", *, command: Sequence[str] = (), stderr: str = "", output: str = "") -> None:
+        super().__init__(message)
+        self.command = list(command)
+        self.stderr = stderr
+        self.output = output
 
 
 class DockerNotFoundError(DockerError, FileNotFoundError):
@@ -75,8 +110,26 @@ class ImageNotFoundError(DockerError, LookupError):
     """The image is neither present nor pullable."""
 
 
-class ContainerGoneError(DockerError):
-    """The executor's container stopped or vanished while it was in use."""
+class ContainerGoneError(DockerError, SupervisorGoneError):
+    """The executor's container stopped or vanished while it was in use; ``container`` names it."""
+
+    def __init__(
+        self, message: str = "", *, container: str = "", reason: str = "", exit_status: int | None = None,
+        command: Sequence[str] = (), stderr: str = "", output: str = "",
+    ) -> None:  # fmt: skip
+        DockerError.__init__(self, message, command=command, stderr=stderr, output=output)
+        self.where = f"container {container}"
+        self.reason = reason
+        self.container = container
+        self.exit_status = exit_status
+
+    def __str__(self) -> str:
+        if self.message:
+            return self.message
+        return (
+            f"container {self.container} ended or stopped answering while in use ({self.reason}); the running "
+            "blocks' results are lost. The next call starts a new container."
+        )
 
 
 class DockerTimeoutError(DockerError, TimeoutError):

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import warnings
 
-from ._capture import OutputCapture
-from ._executor import DEFAULT_MAX_OUTPUT_BYTES, BaseCommandLineExecutor
-from .blocks import PYTHON, CodeBlock, FilenameOutsideWorkspace, Language, generated_filename, host_code_path
+from .blocks import PYTHON, Language
 from .errors import InvalidArgumentError
-from .results import TIMEOUT_EXIT_CODE, BlockResult, describe_exit
+from .executor import DEFAULT_MAX_OUTPUT_BYTES, BaseCommandLineExecutor
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
 if TYPE_CHECKING:
@@ -19,7 +16,7 @@ if TYPE_CHECKING:
     from typing import Any, Mapping, Sequence
 
     from ._capture import OutputCallback
-    from ._process import Cancel
+    from .backends import Backend
 
 _warned = False
 
@@ -79,8 +76,8 @@ class LocalCommandLineCodeExecutor(BaseCommandLineExecutor):
             max_output_bytes=max_output_bytes,
             on_output=on_output,
             setup_timeout=setup_timeout,
+            delete_generated=cleanup_temp_files,
         )
-        self._cleanup_temp_files = cleanup_temp_files
         self._python = sys.executable
         overrides: dict[str, str | None] = {}
         if virtual_env_context is not None:
@@ -93,85 +90,28 @@ class LocalCommandLineCodeExecutor(BaseCommandLineExecutor):
     @property
     def cleanup_temp_files(self) -> bool:
         """Whether generated code files are deleted after each run."""
-        return self._cleanup_temp_files
+        return self._delete_generated
 
-    @property
-    def _delete_generated(self) -> bool:  # type: ignore[override]
-        return self._cleanup_temp_files
+    def _new_backend(self) -> Backend:
+        from .backends.host import HostBackend
 
-    def _run_file(self, block: CodeBlock, language: Language, name: str | None, cancel: Cancel) -> BlockResult:
-        work_dir = str(self.work_dir)
-        if name is None:
-            path = os.path.join(work_dir, generated_filename(block.code, language.extension))
-        else:
-            try:
-                path = host_code_path(name, work_dir)
-            except FilenameOutsideWorkspace:
-                return self._outside_workspace(block.language, name)
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w", encoding="utf-8", newline="") as handle:
-                handle.write(block.code)
-        except OSError as exc:  # a directory by that name, a name too long, a full disk...
-            return self._not_started(block.language, f"ccexec: cannot write {name or path!r}: {exc.strerror}\n")
-        argv = language.argv(path, self._python)
-        from ._process import block_environment, run_block
+        return HostBackend(str(self.work_dir), self._python)
 
-        capture = OutputCapture(self._max_output_bytes, self._on_output)
-        started = time.monotonic()
-        try:
-            outcome = run_block(
-                argv,
-                cwd=work_dir,
-                env=block_environment(self._env_overrides),
-                timeout=self._timeout,
-                capture=capture,
-                cancel=cancel,
-            )
-        except OSError as exc:
-            capture.add_note(f"ccexec: cannot start {argv[0]!r}: {exc.strerror or exc}\n")
-            return BlockResult(block.language, 127, capture.text(), path, time.monotonic() - started, False, False)
-        exit_code = outcome.exit_code
-        if outcome.timed_out:
-            exit_code = TIMEOUT_EXIT_CODE
-            capture.add_note(f"Timeout: the block ran longer than {self._timeout:g} s and was stopped\n")
-        elif outcome.cancelled:
-            capture.add_note("Cancelled: the block was stopped before it finished\n")
-        elif exit_code < 0:
-            capture.add_note(f"ccexec: the process was killed by a signal ({describe_exit(exit_code)})\n")
-        return BlockResult(
-            language=block.language,
-            exit_code=exit_code,
-            output=capture.text(),
-            code_file=path,
-            duration=outcome.duration,
-            timed_out=outcome.timed_out,
-            truncated=capture.truncated,
-        )
+    def _block_env(self) -> tuple[dict[str, str], bool]:
+        # Ours, read anew for each call, then the overrides (None deletes a variable). UTF-8
+        # and unbuffered output keep Python children's stdout and stderr in the written order.
+        env = dict(os.environ, PYTHONIOENCODING="utf-8", PYTHONUNBUFFERED="1")
+        for key, value in self._env_overrides.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env, True
 
     def _can_run(self, language: Language) -> bool:
         import shutil
 
         return language.command[0] == PYTHON or shutil.which(language.command[0]) is not None
-
-    def _run_setup(self, argv: list[str], write: tuple[str, str] | None, capture: OutputCapture) -> tuple[int, bool]:
-        work_dir = str(self.work_dir)
-        if write is not None:
-            with open(os.path.join(work_dir, write[0]), "w", encoding="utf-8") as handle:
-                handle.write(write[1])
-        argv = [self._python if part == PYTHON else part for part in argv]
-        from ._process import block_environment, run_block
-
-        env = block_environment(self._env_overrides)
-        outcome = run_block(argv, cwd=work_dir, env=env, timeout=self._setup_timeout, capture=capture)
-        return outcome.exit_code, outcome.timed_out
-
-    def _delete_files(self, paths: list[str]) -> None:
-        for path in paths:
-            try:
-                os.remove(path)
-            except FileNotFoundError:
-                continue  # the block deleted its own file
 
 
 def _venv_settings(context: Any) -> tuple[str, dict[str, str | None]]:
@@ -186,7 +126,6 @@ def _venv_settings(context: Any) -> tuple[str, dict[str, str | None]]:
     if not os.path.exists(env_exe):
         raise InvalidArgumentError(
             f"the virtual environment's interpreter {env_exe!r} does not exist; create the venv first",
-            env_exe=env_exe,
         )
     env_dir = getattr(context, "env_dir", None) or os.path.dirname(str(bin_path))
     path = os.pathsep.join([str(bin_path), os.environ.get("PATH", "")])

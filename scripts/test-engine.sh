@@ -9,6 +9,7 @@
 #     --sshd:   an sshd on 127.0.0.1 (port 2222, or the next free one) with key
 #               login for root, so that this engine is also reachable as a
 #               remote one over SSH; the docker context ccexec-test-ssh names it
+# Always: the unprivileged user ccexec-tester (tests run the local executor as it).
 #
 # Env: CCEXEC_TEST_IMAGE (image name), CCEXEC_DEBIAN_MIRROR (else the one in
 # /etc/apt), CCEXEC_DOCKERD_FLAGS (extra dockerd flags), CCEXEC_TEST_SSH_PORT
@@ -253,7 +254,19 @@ EOF
     { tail -n 5 "$SSHD_DIR/sshd.log" >&2; die "the engine over $endpoint failed: $ssh_version"; }
 fi
 
-# --- 6. summary -------------------------------------------------------------
+# --- 6. an unprivileged user --------------------------------------------------
+# tests/test_attacks.py also runs the local executor as this user: attacks that
+# root wins by privilege, or that root sees differently (a non-dumpable process's
+# /proc entries), must be tried without it. No login shell; a home for HOME.
+TESTER=ccexec-tester
+if ! id -u "$TESTER" >/dev/null 2>&1; then
+  log "creating user $TESTER"
+  useradd --create-home --shell /usr/sbin/nologin --comment "ccexec tests, unprivileged" "$TESTER" ||
+    die "useradd $TESTER failed"
+fi
+command -v setpriv >/dev/null || die "setpriv (util-linux) is missing"
+
+# --- 7. summary -------------------------------------------------------------
 vfmt='{{.Client.Version}} (API {{.Client.APIVersion}})'
 log "server $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')," \
   "storage driver $(docker info --format '{{.Driver}}')"
@@ -275,4 +288,5 @@ fi
 if [ "$WANT_SSHD" = 1 ]; then
   log "engine over SSH: $endpoint (docker context $SSH_CONTEXT), server $ssh_version"
 fi
+log "unprivileged user $TESTER (uid $(id -u "$TESTER"))"
 log "ready in ${SECONDS}s"

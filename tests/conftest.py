@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NoReturn
+from typing import Iterator, NoReturn, Sequence
 
 import pytest
 
@@ -208,3 +212,94 @@ def no_container_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
             time.sleep(0.2)
             left = leftover_containers(client)
         assert left == [], f"{client} containers left behind by the tests: {left}"
+
+
+# -- an unprivileged user, for the local attacks that root would win or see differently ---------
+
+#: Created by scripts/test-engine.sh; tests run the local executor as this user.
+TESTER = "ccexec-tester"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Tester:
+    """The unprivileged user, a Python it can run, and (per test) a work area it owns."""
+
+    __test__ = False  # a name starting with Test, but not a test class
+
+    uid: int
+    gid: int
+    home: str
+    python: str
+    work: Path
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` run as the user: its uid, gid and groups, no capabilities."""
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups", "--", *argv]
+
+    def environment(self) -> dict[str, str]:
+        """A clean environment that lets the user import ccexec from this checkout."""
+        return {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": self.home,
+            "LANG": "C.UTF-8",
+            "PYTHONPATH": str(REPO),
+            "PYTHONDONTWRITEBYTECODE": "1",  # the checkout is not the user's to write
+        }
+
+
+def _required(request: pytest.FixtureRequest, problem: str) -> NoReturn:
+    """Skip, or fail when CI=true or --require-docker asks for every test to run."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes") or request.config.getoption("--require-docker"):
+        pytest.fail(f"the unprivileged user {TESTER} is required (CI=true or --require-docker) but {problem}")
+    pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def tester_account(request: pytest.FixtureRequest) -> Tester:
+    """The user, once it exists and can import ccexec; skip (or fail in CI) otherwise."""
+    if os.geteuid() != 0:
+        _required(request, "switching to another user needs root")
+    if shutil.which("setpriv") is None:
+        _required(request, "setpriv (util-linux) is not installed")
+    try:
+        entry = pwd.getpwnam(TESTER)
+    except KeyError:
+        _required(request, f"there is no user {TESTER} (run scripts/test-engine.sh)")
+    account = Tester(entry.pw_uid, entry.pw_gid, entry.pw_dir, "", Path("/"))
+    # sys.executable may live where the user cannot reach (pyenv under /root): take the first
+    # interpreter the user can run that imports this checkout's ccexec, the system's first.
+    for python in dict.fromkeys(["/usr/bin/python3", "/usr/local/bin/python3", sys.executable]):
+        probe = subprocess.run(
+            account.command([python, "-c", "import ccexec"]),
+            env=account.environment(),
+            cwd="/",
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        if probe.returncode == 0:
+            return Tester(entry.pw_uid, entry.pw_gid, entry.pw_dir, python, Path("/"))
+    _required(request, f"{TESTER} can run no Python that imports ccexec from {REPO} (is the checkout readable?)")
+
+
+@pytest.fixture
+def tester(tester_account: Tester) -> Iterator[Tester]:
+    """The unprivileged user with a fresh work area it owns, removed afterwards."""
+    # Not under tmp_path: pytest keeps that below a directory only root may enter.
+    work = Path(tempfile.mkdtemp(prefix="ccexec-tester-"))
+    os.chown(work, tester_account.uid, tester_account.gid)
+    try:
+        yield Tester(tester_account.uid, tester_account.gid, tester_account.home, tester_account.python, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def orphan_label_args() -> list[str]:
+    """``--label`` arguments that make a container look like one whose owner (on this host) is gone."""
+    from ccexec.backends.gc import PID_LABEL, owner_labels
+
+    child = subprocess.Popen(["true"])
+    child.wait()  # reaped: its pid names no process now
+    labels = {**owner_labels(), PID_LABEL: str(child.pid)}
+    return [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]

@@ -218,8 +218,9 @@ def test_local_hostile_block(row: Row, tmp_path: Path) -> None:
         executor = ccexec.LocalCommandLineCodeExecutor(timeout=row.timeout, work_dir=work, **(row.options or {}))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.monotonic()
-    result = executor.execute_code_blocks([CodeBlock(row.code, row.language)])
-    elapsed = time.monotonic() - start
+    with executor:
+        result = executor.execute_code_blocks([CodeBlock(row.code, row.language)])
+        elapsed = time.monotonic() - start
     row.check(result)
     left = marked_processes(tmp_path) + children_of(os.getpid())
     outside = sorted(p.name for p in tmp_path.iterdir() if p.name != "work")
@@ -246,7 +247,7 @@ def test_docker_hostile_block(row: Row, docker_engine: str, tmp_path: Path) -> N
         count = executor.execute_code_blocks(
             [CodeBlock("import os; print(sum(p.isdigit() for p in os.listdir('/proc')) - 1)", "python")]
         )
-        left = int(count.output) - 1  # minus the runner
+        left = int(count.output) - 2  # minus the supervisor and the probe's shepherd
     outside = sorted(p.name for p in tmp_path.iterdir() if p.name != "work")
     REPORT.append(("docker", row.name, outcome(result), elapsed, f"{left} process(es)" if left else "nothing"))
     assert left == 0

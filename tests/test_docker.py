@@ -20,7 +20,7 @@ import pytest
 import ccexec
 from ccexec import CodeBlock, DockerCommandLineCodeExecutor
 
-from .conftest import HELPERS, TEST_PREFIX, Engine
+from .conftest import HELPERS, TEST_PREFIX, Engine, orphan_label_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,7 +43,9 @@ container_state = DOCKER.state
 wait_state = DOCKER.wait_state
 
 
-PROCESS_COUNT = "import os; print(sum(1 for p in os.listdir('/proc') if p.isdigit() and p != str(os.getpid())))"
+PROCESS_COUNT = (
+    "import os; print(sum(1 for p in os.listdir('/proc') if p.isdigit() and int(p) not in (os.getpid(), os.getppid())))"
+)
 
 
 # -- AutoGen's scenarios ----------------------------------------------------------------------------
@@ -92,7 +94,7 @@ def test_timeout_kills_and_marker_is_never_written(engine: Engine, tmp_path: Pat
         time.sleep(1.0)
         assert not (tmp_path / "late-marker").exists()
         leftover = executor.execute_code_blocks([CodeBlock(PROCESS_COUNT, "python")])
-        assert leftover.output == "1\n"  # only the runner
+        assert leftover.output == "1\n"  # only the supervisor
 
 
 def test_timeout_kills_stubborn_tree(docker_engine: str, tmp_path: Path) -> None:
@@ -405,14 +407,7 @@ def test_gc_removes_only_orphans(docker_engine: str, tmp_path: Path) -> None:
             "-d",
             "--name",
             orphan,
-            "--label",
-            "org.ccexec=1",
-            "--label",
-            "org.ccexec.owner-pid=999999999",
-            "--label",
-            "org.ccexec.owner-start=1",
-            "--label",
-            f"org.ccexec.host={os.uname().nodename}",
+            *orphan_label_args(),
             docker_engine,
             "sleep",
             "60",

@@ -20,15 +20,17 @@ import pytest
 
 from ccexec import CodeBlock, DockerCommandLineCodeExecutor
 
-from .conftest import TEST_IMAGE, TEST_PREFIX, Engine, unavailable
+from .conftest import TEST_IMAGE, TEST_PREFIX, Engine, orphan_label_args, unavailable
 
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The docker context scripts/test-engine.sh --sshd creates: this host's engine over its test sshd.
 SSH_CONTEXT = "ccexec-test-ssh"
-#: Processes in the container other than the probe itself: 1 means only the runner is left.
-PROCESS_COUNT = "import os; print(sum(1 for p in os.listdir('/proc') if p.isdigit() and p != str(os.getpid())))"
+#: Processes in the container other than the probe and its shepherd: 1 means only the supervisor is left.
+PROCESS_COUNT = (
+    "import os; print(sum(1 for p in os.listdir('/proc') if p.isdigit() and int(p) not in (os.getpid(), os.getppid())))"
+)
 #: A block that would write a marker 3 s after it starts, unless its deadline killed it first.
 LATE_MARKER = "echo started; (sleep 3; touch late-marker) & sleep 30"
 
@@ -77,13 +79,7 @@ def test_podman_labels_and_gc_removes_only_orphans(podman_engine: str, tmp_path:
     """Podman containers carry ccexec's labels; `ccexec gc --docker podman` removes an orphan, not a live one."""
     orphan = unique_name("podman-orphan")
     keepalive = "exec sleep 600"  # PID 1 without a TERM handler: only SIGKILL ends it
-    labels = {
-        "org.ccexec": "1",
-        "org.ccexec.owner-pid": "999999999",
-        "org.ccexec.owner-start": "1",
-        "org.ccexec.host": os.uname().nodename,
-    }
-    label_args = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
+    label_args = orphan_label_args()
     created = cli("podman", "run", "-d", "--name", orphan, *label_args, podman_engine, "sh", "-c", keepalive)
     assert created.returncode == 0, created.stderr
     try:

@@ -465,11 +465,15 @@ def test_stop_kills_running_blocks(tmp_path: Path) -> None:
 
 
 def test_no_stray_processes_after_suite_of_calls(tmp_path: Path) -> None:
-    """Normal calls leave no child process of ours behind."""
+    """Between calls only the supervisor runs, with no child; after stop() nothing of the executor is left."""
+    before = set(children_of(os.getpid()))
     executor = make(tmp_path)
     for _ in range(3):
         executor.execute_code_blocks([CodeBlock("print(1)", "python"), CodeBlock("true", "sh")])
-    assert children_of(os.getpid()) == []
+    (supervisor,) = set(children_of(os.getpid())) - before
+    assert children_of(supervisor) == []
+    executor.stop()
+    assert wait_gone([supervisor]) == []
 
 
 def children_of(ppid: int) -> list[int]:

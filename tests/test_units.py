@@ -321,8 +321,6 @@ def test_from_blocks_combines() -> None:
 
 DOCUMENTED_BASES: list[tuple[type[ccexec.CcexecError], type[BaseException]]] = [
     (ccexec.InvalidArgumentError, ValueError),
-    (ccexec.ExecutionTimeoutError, TimeoutError),
-    (ccexec.InterpreterNotFoundError, FileNotFoundError),
     (ccexec.VirtualEnvError, RuntimeError),
     (ccexec.FunctionSetupError, ValueError),
     (ccexec.DockerError, RuntimeError),
@@ -331,7 +329,10 @@ DOCUMENTED_BASES: list[tuple[type[ccexec.CcexecError], type[BaseException]]] = [
     (ccexec.EnginePermissionError, PermissionError),
     (ccexec.ImageNotFoundError, LookupError),
     (ccexec.ContainerGoneError, ccexec.DockerError),
+    (ccexec.ContainerGoneError, ccexec.SupervisorGoneError),
     (ccexec.DockerTimeoutError, TimeoutError),
+    (ccexec.SupervisorGoneError, RuntimeError),
+    (ccexec.ProtocolViolationError, ccexec.SupervisorGoneError),
 ]
 ALL_ERRORS = sorted(
     (cls for _, cls in inspect.getmembers(errors, inspect.isclass) if issubclass(cls, errors.CcexecError)),
@@ -354,26 +355,46 @@ def test_every_error_is_documented() -> None:
     assert set(ALL_ERRORS) <= documented, "add new exceptions to DOCUMENTED_BASES"
 
 
-@pytest.mark.parametrize("cls", ALL_ERRORS, ids=[cls.__name__ for cls in ALL_ERRORS])
-def test_error_pickles_with_details(cls: type[ccexec.CcexecError]) -> None:
-    """Pickling (and copying) keeps the class, the message and keyword details as attributes."""
-    error = cls("it failed: details here", command=["docker", "ps"], stderr="boom", code=3)
-    assert str(error) == "it failed: details here"
+#: One instance of each class with its typed fields set, and the fields to compare.
+TYPED_ERRORS: list[tuple[ccexec.CcexecError, dict[str, object]]] = [
+    (errors.DockerError("it failed", command=["docker", "ps"], stderr="boom"), {"command": ["docker", "ps"]}),
+    (errors.ImageNotFoundError("no image", command=["docker", "run"], stderr="x"), {"stderr": "x"}),
+    (errors.FunctionSetupError("pip failed", output="log", exit_code=2), {"output": "log", "exit_code": 2}),
+    (errors.VirtualEnvError("no venv", path="/v"), {"path": "/v"}),
+    (errors.SupervisorGoneError(where="the local executor", reason="exit status -9"), {"reason": "exit status -9"}),
+    (errors.ProtocolViolationError(where="container c", reason="bad header"), {"where": "container c"}),
+    (errors.ContainerGoneError(container="c1", reason="killed", exit_status=137), {"exit_status": 137}),
+]
+
+
+@pytest.mark.parametrize(("error", "fields"), TYPED_ERRORS, ids=[type(e).__name__ for e, _ in TYPED_ERRORS])
+def test_error_keeps_typed_fields_through_pickling(error: ccexec.CcexecError, fields: dict[str, object]) -> None:
+    """Pickling and copying keep the class, the message and the typed fields."""
     for clone in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):
-        assert type(clone) is cls
-        assert str(clone) == "it failed: details here"
-        assert clone.message == "it failed: details here"
-        assert clone.details == {"command": ["docker", "ps"], "stderr": "boom", "code": 3}
-        assert clone.command == ["docker", "ps"]  # type: ignore[attr-defined]
-        assert clone.stderr == "boom"  # type: ignore[attr-defined]
-        assert clone.code == 3  # type: ignore[attr-defined]
+        assert type(clone) is type(error)
+        assert str(clone) == str(error)
+        assert {name: getattr(clone, name) for name in fields} == fields
+
+
+def test_supervisor_errors_build_their_message_from_fields() -> None:
+    """SupervisorGoneError, ProtocolViolationError and ContainerGoneError say where, what, and what next."""
+    gone = str(errors.SupervisorGoneError(where="the local executor", reason="exit status -9"))
+    assert "the local executor" in gone
+    assert "exit status -9" in gone
+    assert "next call" in gone
+    violation = str(errors.ProtocolViolationError(where="container c", reason="frame header over 64 bytes"))
+    assert "malformed frame" in violation
+    assert "frame header over 64 bytes" in violation
+    container = str(errors.ContainerGoneError(container="c1", reason="its main process ended"))
+    assert "container c1" in container
+    assert "its main process ended" in container
 
 
 @pytest.mark.parametrize("cls", ALL_ERRORS, ids=[cls.__name__ for cls in ALL_ERRORS])
 def test_error_without_details(cls: type[ccexec.CcexecError]) -> None:
     """A bare message works too, str() is the message (no errno prefix for OSError kinds)."""
     clone = pickle.loads(pickle.dumps(cls("just this")))
-    assert (type(clone), str(clone), clone.args, clone.details) == (cls, "just this", ("just this",), {})
+    assert (type(clone), str(clone), clone.args) == (cls, "just this", ("just this",))
 
 
 # -- the value classes are dataclasses to `dataclasses` ---------------------------------------

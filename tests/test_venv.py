@@ -126,7 +126,7 @@ def test_parent_path_blocked_by_a_file_raises_virtualenverror(tmp_path: Path) ->
     with pytest.raises(ccexec.VirtualEnvError) as caught:
         ccexec.create_virtual_env(target, with_pip=False)
     assert isinstance(caught.value, RuntimeError)
-    assert caught.value.path == str(target)  # type: ignore[attr-defined]
+    assert caught.value.path == str(target)
 
 
 def test_path_that_is_a_file_raises_virtualenverror(tmp_path: Path) -> None:

@@ -1,1 +1,49 @@
-"""How a supervisor is started and reached: on this host, in a container, or one docker exec a block."""
+"""Where blocks run: each backend starts a supervisor (or its stand-in) and runs requests on it.
+
+- ``host``: the supervisor as a child process of this one (LocalCommandLineCodeExecutor).
+- ``docker``: the supervisor as a container's main process, attached over ``docker run -i``.
+- ``docker_exec``: one ``docker exec`` per block, for images with only ``sh``.
+- ``docker_cli``: every docker argv, and the mapping of the CLI's stderr to exceptions.
+- ``gc``: finding and removing containers whose owner is gone.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
+if TYPE_CHECKING:
+    from typing import Generator, Protocol, Sequence
+
+    from .._capture import OutputCapture
+    from .._client import Cancel
+    from .._protocol import BlockEnd, RunRequest
+
+    class Backend(Protocol):
+        """What the executor needs from a place that runs blocks."""
+
+        #: How a block killed by a signal reports: True for ``-N`` (as subprocess does),
+        #: False for ``128 + N`` (as shells and engines do).
+        negative_signals: bool
+
+        @property
+        def alive(self) -> bool:
+            """Whether ``run`` can be called without starting anew."""
+
+        def start(self) -> None:
+            """Start (again, when not alive); raise a CcexecError saying why it cannot."""
+
+        def run(
+            self, requests: Sequence[RunRequest], captures: Sequence[OutputCapture], cancel: Cancel
+        ) -> Generator[BlockEnd, None, None]:
+            """Run the blocks in order, each only if the one before succeeded; yield their ends."""
+
+        def delete(self, paths: list[str]) -> None:
+            """Remove files (relative to the work dir) without following symlinks; ignore missing ones."""
+
+        def code_file(self, relative: str) -> str:
+            """The path of a block's file as the user can open it."""
+
+        def code_dir(self) -> str:
+            """The work dir as the code sees it."""
+
+        def stop(self) -> None:
+            """Kill whatever runs and release everything (the supervisor, the container)."""

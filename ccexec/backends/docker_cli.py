@@ -1,7 +1,8 @@
-"""The only module that knows docker CLI flags: argv building, deadlines, stderr -> exceptions."""
+"""The only module that knows docker CLI flags: every argv, deadlines, stderr -> exceptions."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -21,10 +22,48 @@ from ..errors import (
 
 ClientCommand = Union[str, Sequence[str]]
 
+#: Where the work dir is inside the container.
+WORKSPACE = "/workspace"
 #: Seconds a quick docker CLI call (inspect, rm, ps) may take before the engine counts as hung.
 CLI_DEADLINE = 30.0
 #: Seconds `docker run` may take, a pull included.
 RUN_DEADLINE = 300.0
+
+# The container's main process: sh finds python3 (some images have no `python`) or python and
+# runs the supervisor source given as $0. -I -S: it needs only the standard library, and
+# site's imports cost ~5 ms per start.
+BOOT = (
+    'for py in python3 python; do command -v $py >/dev/null && exec $py -I -S -c "$0"; done; '
+    "echo \"ccexec: the image has neither python3 nor python; use mode='exec' (only sh needed)\" >&2; exit 127"
+)
+# The main process of a container that outlives us (stop_container=False): sleeps until stopped.
+KEEPALIVE = 'trap "exit 0" TERM; while :; do sleep 3600 & wait $!; done'
+
+
+class ContainerSpec:
+    """What a container is made of: image, name, labels, mounts and flags, secrets kept off argv.
+
+    ``options`` are ``docker run`` flags (see ``run_options``); ``secrets`` are environment
+    variables passed as ``--env NAME`` with the value in the client's own environment, so they
+    never appear in a process listing. ``mount`` is the host path bind-mounted at WORKSPACE
+    (None: nothing mounted); ``host_work_dir`` is where the user finds it. ``keep``: a
+    detached container that outlives us (AutoGen's ``stop_container=False``).
+    """
+
+    def __init__(
+        self, image: str, name: str, *, labels: Mapping[str, str], options: Sequence[str],
+        secrets: Mapping[str, str], mount: str | None, host_work_dir: str, auto_remove: bool, keep: bool,
+        init_command: str | None, owner: tuple[int, int] | None,
+    ) -> None:  # fmt: skip
+        self.image, self.name, self.labels, self.options = image, name, dict(labels), list(options)
+        self.secrets, self.mount, self.host_work_dir = dict(secrets), mount, host_work_dir
+        self.auto_remove, self.keep, self.init_command, self.owner = auto_remove, keep, init_command, owner
+
+    def prepare_mount(self) -> None:
+        """Let the container's unprivileged user write the mounted work dir (when we are root)."""
+        if self.owner is not None and self.mount is not None and os.geteuid() == 0:
+            os.chown(self.host_work_dir, *self.owner)
+
 
 # One table maps CLI stderr to exceptions (checked in order, lower-cased).
 _STDERR_TO_ERROR: tuple[tuple[str, type[DockerError]], ...] = (
@@ -71,6 +110,57 @@ class DockerCLI:
         """``rm --force`` arguments; Podman would first wait 10 s on a process that ignores SIGTERM."""
         return ["rm", "--force", *(["--time", "0"] if self.is_podman else []), *names]
 
+    def remove_quietly(self, name: str) -> None:
+        """Remove a container by force, ignoring failures (it may be gone already)."""
+        with contextlib.suppress(DockerError):
+            self.run(*self.remove_args(name), check=False)
+
+    def run_args(
+        self, spec: ContainerSpec, *, attached: bool, script: str = KEEPALIVE, supervisor: str | None = None
+    ) -> list[str]:
+        """The whole argv of ``docker run`` for ``spec``, attached (``-i``) or detached.
+
+        The main process is ``sh -c script``, or with ``supervisor`` (its source) BOOT running it.
+        """
+        argv = [*self.argv, "run", *(["-i"] if attached else ["--detach"]), "--name", spec.name, "--workdir", WORKSPACE]
+        if attached and not self.is_podman:
+            argv.append("--sig-proxy=false")  # Ctrl-C reaches us, not the container
+        for key, value in spec.labels.items():
+            argv += ["--label", f"{key}={value}"]
+        # The supervisor's stdout is the protocol: the engine must not copy every byte to a log file.
+        argv += ["--log-driver", "none"]
+        if spec.auto_remove:
+            argv.append("--rm")
+        if spec.mount is not None:
+            argv += ["--volume", f"{spec.mount}:{WORKSPACE}"]
+        for key in spec.secrets:
+            argv += ["--env", key]  # the value comes from the client's environment (see env())
+        main = [script] if supervisor is None else [BOOT, supervisor]
+        return [*argv, *spec.options, "--entrypoint", "/bin/sh", spec.image, "-c", *main]
+
+    def exec_supervisor_args(self, name: str, source: str) -> list[str]:
+        """``docker exec -i`` of the supervisor in a running container (a kept one)."""
+        return [*self.argv, "exec", "-i", "--workdir", WORKSPACE, name, "/bin/sh", "-c", BOOT, source]
+
+    def exec_args(
+        self, name: str, *command: str, interactive: bool = False, env_names: Sequence[str] = ()
+    ) -> list[str]:
+        """``docker exec`` of ``command`` in the work dir of a running container.
+
+        ``env_names`` are passed as ``--env NAME``: their values come from the client's environment.
+        """
+        env = [item for key in env_names for item in ("--env", key)]
+        return [*self.argv, "exec", *(["-i"] if interactive else []), *env, "--workdir", WORKSPACE, name, *command]
+
+    def is_remote(self) -> bool:
+        """Whether the engine cannot see this host's paths (DOCKER_HOST or a context over tcp/ssh)."""
+        return engine_is_remote(self)
+
+    @staticmethod
+    def env(spec: ContainerSpec) -> dict[str, str]:
+        """The client's environment for ``docker run``: ours plus the secrets' values."""
+        return {**os.environ, **spec.secrets}
+
     def target(self) -> str:
         """Describe which engine the client talks to, for error messages."""
         parts = []
@@ -82,13 +172,20 @@ class DockerCLI:
         return ", ".join(parts) or "the default engine (no DOCKER_HOST or context set)"
 
     def run(
-        self, *args: str, deadline: float | None = None, input: bytes | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[bytes]:
-        """Run one CLI call with a deadline (CLI_DEADLINE by default); raise the mapped DockerError on failure."""
+        self, *args: str, deadline: float | None = None, input: bytes | None = None, check: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
+        """Run one CLI call with a deadline (CLI_DEADLINE by default); raise the mapped DockerError on failure.
+
+        ``args`` may start with the client's own argv (as the builders above return it).
+        """
         deadline = CLI_DEADLINE if deadline is None else deadline
-        argv = [*self.argv, *args]
+        argv = list(args) if list(args[: len(self.argv)]) == self.argv else [*self.argv, *args]
         try:
-            done = subprocess.run(argv, input=input, capture_output=True, timeout=deadline, check=False)
+            done = subprocess.run(
+                argv, input=input, capture_output=True, timeout=deadline, check=False,
+                env=None if env is None else dict(env),
+            )  # fmt: skip
         except subprocess.TimeoutExpired as exc:
             raise DockerTimeoutError(
                 f"`{shlex.join(argv)}` did not finish within {deadline:g} s and was killed; "
@@ -141,9 +238,11 @@ def run_options(
     user: str | None,
     cap_drop: Sequence[str],
     security_opt: Sequence[str],
-    env: Mapping[str, str] | None,
 ) -> list[str]:
-    """Translate the executor's options into ``docker run`` flags, one argument per item."""
+    """Translate the executor's options into ``docker run`` flags, one argument per item.
+
+    The environment is not here: its values travel in the client's environment (see ContainerSpec).
+    """
     argv: list[str] = []
     for volume in volumes(extra_volumes):
         argv += ["--volume", volume]
@@ -168,8 +267,6 @@ def run_options(
         argv += ["--cap-drop", capability]
     for option in security_opt:
         argv += ["--security-opt", option]
-    for key, value in (env or {}).items():
-        argv += ["--env", f"{key}={value}"]
     return argv
 
 
@@ -192,3 +289,32 @@ def volumes(extra_volumes: Mapping[str, Mapping[str, str]] | Sequence[str] | Non
         if not isinstance(volume, str) or volume.count(":") not in (1, 2):
             raise InvalidArgumentError(f"extra_volumes entry {volume!r} must look like 'src:dst' or 'src:dst:mode'")
     return list(extra_volumes)
+
+
+def engine_is_remote(cli: DockerCLI) -> bool:
+    """Whether the engine cannot see this host's paths (DOCKER_HOST or context over tcp/ssh)."""
+    host = os.environ.get("DOCKER_HOST", "") or os.environ.get("CONTAINER_HOST", "")
+    if host:
+        return not host.startswith(("unix://", "npipe://"))
+    if _context_selected(cli.argv):
+        done = cli.run("context", "inspect", "--format", "{{.Endpoints.docker.Host}}", check=False)
+        endpoint = done.stdout.decode().strip()
+        return bool(endpoint) and not endpoint.startswith(("unix://", "npipe://"))
+    return False
+
+
+def _context_selected(argv: Sequence[str]) -> bool:
+    """Whether a docker context may be chosen: --context NAME or =NAME (-c), DOCKER_CONTEXT, `docker context use`."""
+    if os.environ.get("DOCKER_CONTEXT"):
+        return True
+    if any(arg in ("--context", "-c") or arg.startswith(("--context=", "-c=")) for arg in argv[1:]):
+        return True
+    config_dir = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    try:
+        with open(os.path.join(config_dir, "config.json"), encoding="utf-8") as handle:
+            import json
+
+            current = json.load(handle).get("currentContext")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return current not in (None, "", "default")

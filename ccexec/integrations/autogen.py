@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ccexec
-from ccexec._executor import BaseCommandLineExecutor
+from ccexec.executor import BaseCommandLineExecutor
 
 
 def _import_autogen() -> tuple[Any, Any]:

@@ -1,23 +1,40 @@
-"""What both executors share: argument checks, the block loop, lifecycle and the async API."""
+"""The one block loop every executor runs: argument checks, lifecycle, async; it holds a Backend.
+
+A call's blocks are checked and named here, sent to the backend at once (each chained after
+the one before), and the backend's ends become results with ccexec's notes.
+The public executor classes only turn their options into a backend.
+"""
 
 from __future__ import annotations
 
 import os
 
-from .blocks import CodeBlock, Language, coerce_blocks, language_table, normalize_tag, requested_filename
+from .blocks import (
+    CodeBlock,
+    FilenameOutsideWorkspace,
+    Language,
+    coerce_blocks,
+    container_relative_path,
+    generated_filename,
+    language_table,
+    normalize_tag,
+    requested_filename,
+)
 from .errors import FunctionSetupError, InvalidArgumentError
-from .results import BlockResult, CommandLineCodeResult
+from .results import TIMEOUT_EXIT_CODE, BlockResult, CommandLineCodeResult, describe_exit
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
 if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
-    from typing import Any, Iterator, Mapping, Sequence
+    from typing import Any, Mapping, Sequence
 
     from typing_extensions import Self
 
     from ._capture import OutputCallback, OutputCapture
-    from ._process import Cancel
+    from ._client import Cancel
+    from ._protocol import BlockEnd
+    from .backends import Backend
 
 #: Default cap on the output kept per block, in bytes (head and tail are kept).
 DEFAULT_MAX_OUTPUT_BYTES = 1 << 20
@@ -37,18 +54,17 @@ class BaseCommandLineExecutor:
         max_output_bytes: int,
         on_output: OutputCallback,
         setup_timeout: float | None,
+        delete_generated: bool,
     ) -> None:
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 1:
-            raise InvalidArgumentError(f"timeout must be a number of seconds >= 1, got {timeout!r}", timeout=timeout)
+            raise InvalidArgumentError(f"timeout must be a number of seconds >= 1, got {timeout!r}")
         if not isinstance(functions_module, str) or not functions_module.isidentifier():
             raise InvalidArgumentError(
                 f"functions_module must be a valid Python identifier, got {functions_module!r}",
-                functions_module=functions_module,
             )
         if not isinstance(max_output_bytes, int) or max_output_bytes < 1:
             raise InvalidArgumentError(
                 f"max_output_bytes must be a positive int, got {max_output_bytes!r}",
-                max_output_bytes=max_output_bytes,
             )
         if isinstance(functions, (str, bytes)) or not all(callable(f) or hasattr(f, "func") for f in functions):
             raise InvalidArgumentError(
@@ -74,7 +90,10 @@ class BaseCommandLineExecutor:
         self._requested_work_dir = None if work_dir is None else _path(work_dir).absolute()
         self._temp_dir: Any = None  # tempfile.TemporaryDirectory when work_dir is None
         self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)  # notified when a call ends
         self._running: set[Cancel] = set()
+        self._delete_generated = delete_generated
+        self._backend: Backend | None = None
 
     # -- properties (AutoGen names) --------------------------------------------------------
 
@@ -161,22 +180,40 @@ class BaseCommandLineExecutor:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Prepare the executor; optional, the first execution does it too."""
+        """Create the work dir and start the backend (the supervisor, the container) if not running.
+
+        Optional: the first execution does it too. Raises a CcexecError saying why it cannot.
+        """
+        self._prepare_work_dir()
+        with self._lock:
+            if self._backend is not None and self._backend.alive:
+                return
+            if self._backend is not None:  # its supervisor or container died: release what is left
+                self._backend.stop()
+            self._backend = self._new_backend()
+            self._functions_ready = not self._functions  # a new supervisor may be a new container
+            try:
+                self._backend.start()
+            except BaseException:
+                self._backend.stop()
+                self._backend = None
+                raise
+
+    def _prepare_work_dir(self) -> None:
         work_dir = self.work_dir
         try:
             work_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InvalidArgumentError(
                 f"cannot create work_dir {str(work_dir)!r}: {exc.strerror}; pass a writable directory as work_dir",
-                work_dir=str(work_dir),
             ) from exc
         if not work_dir.is_dir():
-            raise InvalidArgumentError(f"work_dir {str(work_dir)!r} is not a directory", work_dir=str(work_dir))
+            raise InvalidArgumentError(f"work_dir {str(work_dir)!r} is not a directory")
 
     def stop(self) -> None:
         """Stop running blocks (their processes are killed) and remove a temporary work dir."""
         self._cancel_running()
-        self._close_engine()
+        self._release_backend()
         with self._lock:
             if self._temp_dir is not None:
                 self._functions_ready = not self._functions
@@ -186,17 +223,39 @@ class BaseCommandLineExecutor:
     def restart(self) -> None:
         """Kill running blocks and start afresh, keeping the work dir."""
         self._cancel_running()
-        self._close_engine()
+        self._release_backend()
         self.start()
 
     def _cancel_running(self) -> None:
+        """Cancel the running calls and wait (bounded) until they have returned their results."""
+        from ._protocol import END_GRACE
+
         with self._lock:
             running = list(self._running)
         for cancel in running:
             cancel.set()
+        with self._idle:
+            self._idle.wait_for(lambda: not self._running, END_GRACE)
 
-    def _close_engine(self) -> None:
-        """Release what start() acquired beyond the work dir (a container); none locally."""
+    def _release_backend(self) -> None:
+        with self._lock:
+            backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.stop()
+
+    def _live_backend(self) -> Backend:
+        """The backend, started (again, if its supervisor or container died); user functions set up."""
+        backend = self._backend
+        if backend is None or not backend.alive:
+            self.start()
+            backend = self._backend
+            assert backend is not None
+        self._ensure_functions(backend)
+        return backend
+
+    def _new_backend(self) -> Backend:
+        """Make the backend blocks run on (not started yet)."""
+        raise NotImplementedError
 
     def __enter__(self) -> Self:
         self.start()
@@ -233,7 +292,7 @@ class BaseCommandLineExecutor:
         import asyncio
         import contextlib
 
-        from ._process import Cancel
+        from ._client import Cancel
 
         blocks = coerce_blocks(code_blocks)
         cancel = Cancel()
@@ -249,47 +308,111 @@ class BaseCommandLineExecutor:
             raise
 
     def _execute(self, blocks: list[CodeBlock], cancel: Cancel | None) -> CommandLineCodeResult:
-        from ._process import Cancel
+        from ._client import Cancel
 
-        self._ensure_started()
-        self._ensure_functions()
-        own_cancel = cancel is None
+        backend = self._live_backend()
         cancel = cancel or Cancel()
         with self._lock:
             self._running.add(cancel)
+        try:
+            return self._run_blocks(backend, blocks, cancel)
+        finally:
+            with self._idle:
+                self._running.discard(cancel)
+                self._idle.notify_all()
+
+    def _run_blocks(self, backend: Backend, blocks: list[CodeBlock], cancel: Cancel) -> CommandLineCodeResult:
+        """Plan the blocks, run them chained, stop at the first failure; delete generated files."""
+        import contextlib
+
+        from ._capture import OutputCapture
+        from ._protocol import RunRequest
+
+        planned: list[tuple[CodeBlock, str, bool]] = []
+        requests: list[RunRequest] = []
+        refusal: tuple[str, str] | None = None  # (language, why): the first block that cannot start ends the plan
+        env, clear_env = self._block_env()
+        for block in blocks:
+            language = self._languages.get(normalize_tag(block.language))
+            name = requested_filename(block.code)
+            if language is None:
+                refusal = (block.language, f"unknown language {block.language}\n")
+                break
+            try:
+                relative = (
+                    generated_filename(block.code, language.extension)
+                    if name is None
+                    else self._relative(name, backend.code_dir())
+                )
+            except FilenameOutsideWorkspace:
+                refusal = (block.language, f"Filename is not in the workspace: {name!r}\n")
+                break
+            planned.append((block, relative, name is None))
+            argv = language.argv("{file}", "{python}")
+            requests.append(RunRequest(0, argv, self._timeout, env, clear_env, relative, block.code))
+        captures = [OutputCapture(self._max_output_bytes, self._on_output) for _ in planned]
         results: list[BlockResult] = []
         generated: list[str] = []
         try:
-            for result, is_generated in self._run_sequence(blocks, cancel):
-                results.append(result)
-                if is_generated and result.code_file is not None:
-                    generated.append(result.code_file)
+            with contextlib.closing(backend.run(requests, captures, cancel)) as ends:
+                for (block, relative, is_generated), capture, end in zip(planned, captures, ends):
+                    results.append(self._result(backend, block, relative, capture, end))
+                    if is_generated and not end.not_started:
+                        generated.append(relative)
+                    if results[-1].exit_code != 0:
+                        break
+                else:
+                    if refusal is not None and not cancel.is_set():
+                        results.append(self._not_started(*refusal))
         finally:
-            with self._lock:
-                self._running.discard(cancel)
-            if own_cancel:
-                cancel.close()
-            if generated and self._delete_generated:
-                self._delete_files(generated)
+            if generated and self._delete_generated and backend.alive:
+                backend.delete(generated)
         return CommandLineCodeResult.from_blocks(results)
 
-    def _run_sequence(self, blocks: list[CodeBlock], cancel: Cancel) -> Iterator[tuple[BlockResult, bool]]:
-        """Yield (result, whether its file was generated) per block, stopping after the first failure."""
-        for block in blocks:
-            if cancel.is_set():
-                return
-            result, is_generated = self._run_one(block, cancel)
-            yield result, is_generated
-            if result.exit_code != 0:
-                return
+    @staticmethod
+    def _relative(name: str, code_dir: str) -> str:
+        """A ``# filename:`` as a path relative to the work dir, lexically; raises FilenameOutsideWorkspace.
 
-    def _run_one(self, block: CodeBlock, cancel: Cancel) -> tuple[BlockResult, bool]:
-        tag = normalize_tag(block.language)
-        language = self._languages.get(tag)
-        if language is None:
-            return self._not_started(block.language, f"unknown language {block.language}\n"), False
-        name = requested_filename(block.code)
-        return self._run_file(block, language, name, cancel), name is None
+        Symlinks are not resolved here: the supervisor writes without following any.
+        """
+        real = os.path.realpath(code_dir)
+        if name.startswith("/") and real != code_dir and name.startswith(real.rstrip("/") + "/"):
+            return container_relative_path(name, real)
+        return container_relative_path(name, code_dir)
+
+    def _result(
+        self, backend: Backend, block: CodeBlock, relative: str, capture: OutputCapture, end: BlockEnd
+    ) -> BlockResult:
+        """Turn the supervisor's report into a BlockResult, with ccexec's notes."""
+        if end.not_started:
+            return BlockResult(block.language, end.exit_code or 1, capture.text(), None, end.duration)
+        exit_code = 1 if end.exit_code is None and end.signal is None else end.exit_code or 0
+        if end.signal is not None:
+            exit_code = -end.signal if backend.negative_signals else 128 + end.signal
+        if end.note:
+            capture.add_note(end.note)
+        if end.timed_out:
+            exit_code = TIMEOUT_EXIT_CODE
+            capture.add_note(f"Timeout: the block ran longer than {self._timeout:g} s and was stopped\n")
+        elif end.cancelled:
+            capture.add_note("Cancelled: the block was stopped before it finished\n")
+        elif end.oom:
+            capture.add_note("ccexec: the process was killed: out of memory (the container's memory limit)\n")
+        elif end.signal is not None:
+            capture.add_note(f"ccexec: the process was killed by a signal ({describe_exit(exit_code)})\n")
+        return BlockResult(
+            language=block.language,
+            exit_code=exit_code,
+            output=capture.text(),
+            code_file=backend.code_file(relative),
+            duration=end.duration,
+            timed_out=end.timed_out,
+            truncated=capture.truncated,
+        )
+
+    def _block_env(self) -> tuple[dict[str, str], bool]:
+        """The blocks' environment: (variables, whether they replace the supervisor's)."""
+        raise NotImplementedError
 
     def _not_started(self, language: str, message: str) -> BlockResult:
         """Return (and stream) the result of a block that never started."""
@@ -297,15 +420,7 @@ class BaseCommandLineExecutor:
             self._on_output(message.encode("utf-8"))
         return BlockResult(language=language, exit_code=1, output=message, code_file=None)
 
-    def _outside_workspace(self, language: str, name: str) -> BlockResult:
-        """Return the result for a ``# filename:`` that escapes the work dir."""
-        return self._not_started(language, f"Filename is not in the workspace: {name!r}\n")
-
-    def _ensure_started(self) -> None:
-        """Run start() once before the first block; subclasses track their own state."""
-        self.start()
-
-    def _ensure_functions(self) -> None:
+    def _ensure_functions(self, backend: Backend) -> None:
         """Write the functions module, pip-install its packages and check it imports, once.
 
         Raises FunctionSetupError (a ValueError) with pip's or Python's output on failure.
@@ -313,9 +428,9 @@ class BaseCommandLineExecutor:
         if not self._functions_ready:
             with self._setup_lock:
                 if not self._functions_ready:  # another thread may have done it meanwhile
-                    self._install_functions()
+                    self._install_functions(backend)
 
-    def _install_functions(self) -> None:
+    def _install_functions(self, backend: Backend) -> None:
         from .blocks import PYTHON
         from .functions import module_source, required_packages
 
@@ -326,25 +441,34 @@ class BaseCommandLineExecutor:
         packages = required_packages(self._functions)
         if packages:
             pip = [PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *packages]
-            self._setup_step(pip, None, f"pip install {' '.join(packages)}")
+            self._setup_step(backend, pip, None, f"pip install {' '.join(packages)}")
         module_file = (f"{self._functions_module}.py", source)
         check = [PYTHON, "-c", f"import {self._functions_module}"]
-        self._setup_step(check, module_file, f"import {self._functions_module}")
+        self._setup_step(backend, check, module_file, f"import {self._functions_module}")
         self._functions_ready = True
 
-    def _setup_step(self, argv: list[str], write: tuple[str, str] | None, what: str) -> None:
+    def _setup_step(self, backend: Backend, argv: list[str], write: tuple[str, str] | None, what: str) -> None:
+        """Run one setup command on the backend (writing ``write`` = (name, text) first); raise if it fails."""
         from ._capture import OutputCapture
+        from ._client import Cancel
+        from ._protocol import RunRequest
 
         capture = OutputCapture(self._max_output_bytes)
-        exit_code, timed_out = self._run_setup(argv, write, capture)
+        env, clear_env = self._block_env()
+        path, code = write if write is not None else (None, "")
+        request = RunRequest(0, argv, self._setup_timeout, env, clear_env, path, code)
+        ends = backend.run([request], [capture], Cancel())
+        end = next(ends)
+        ends.close()
         output = capture.text().strip()
-        if timed_out:
+        if end.timed_out:
             raise FunctionSetupError(
                 f"`{what}` did not finish within setup_timeout={self._setup_timeout:g} s and was killed; "
                 f"raise setup_timeout or preinstall the packages. Output:\n{output}",
                 output=output,
             )
-        if exit_code != 0:
+        if end.exit_code != 0:
+            exit_code = end.exit_code if end.exit_code is not None else 128 + (end.signal or 0)
             hint = ""
             if "No module named pip" in output:
                 hint = " The interpreter has no pip: use a venv made with_pip=True or an image with pip."
@@ -354,22 +478,6 @@ class BaseCommandLineExecutor:
                 output=output,
                 exit_code=exit_code,
             )
-
-    # -- what subclasses provide -------------------------------------------------------------
-
-    _delete_generated = True
-
-    def _run_file(self, block: CodeBlock, language: Language, name: str | None, cancel: Cancel) -> BlockResult:
-        """Write ``block`` to its file (``name`` or a generated one), run it, return the result."""
-        raise NotImplementedError
-
-    def _delete_files(self, paths: list[str]) -> None:
-        """Remove generated code files after a run."""
-        raise NotImplementedError
-
-    def _run_setup(self, argv: list[str], write: tuple[str, str] | None, capture: OutputCapture) -> tuple[int, bool]:
-        """Write ``write`` = (relative name, text) if given, run argv with setup_timeout; return (exit, timed out)."""
-        raise NotImplementedError
 
 
 def _primary_tag(table: Mapping[str, Language], language: Language) -> str:

@@ -1,0 +1,179 @@
+"""Process trees of blocks: the shepherd each block runs under, and killing a tree to the last process.
+
+Part of the supervisor (see ``_supervisor.py``): shipped into containers as text, Python 3.8+,
+standard library only.
+"""
+
+import os
+import time
+
+MYPY = False
+if MYPY:  # for type comments only: importing typing would slow every start
+    import signal
+    from typing import Callable, Dict, List, Optional, Set, Tuple  # noqa: F401
+else:
+    try:  # the C module: `signal` wraps it in enums, and importing enum costs ~4 ms a start
+        import _signal as signal
+    except ImportError:  # pragma: no cover - CPython always has it
+        import signal
+try:  # imported from ccexec on the host
+    from ._protocol import KILL_WAIT_LIMIT
+except ImportError:  # shipped as text after _protocol's: its names are defined already
+    pass
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+#: Every signal but SIGKILL and SIGSTOP: reset to their defaults in each block.
+SIGNALS = tuple(n for n in signal.valid_signals() if n not in (signal.SIGKILL, signal.SIGSTOP))
+
+
+def _load_prctl():
+    # type: () -> Optional[object]
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):  # no ctypes (or no libc prctl): guards are reported missing
+        return None
+
+
+_prctl = _load_prctl()
+
+
+def prctl(option, value):
+    # type: (int, int) -> bool
+    """Call prctl(2); return whether it worked."""
+    return _prctl is not None and _prctl(option, value, 0, 0, 0) == 0  # type: ignore[operator]
+
+
+def process_table():
+    # type: () -> Dict[int, Tuple[int, str]]
+    """Map every visible pid to (parent pid, state letter), from /proc."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/" + name + "/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        table[int(name)] = (int(fields[1]), fields[0].decode())
+    return table
+
+
+def descendants(table, roots, exclude=()):
+    # type: (Dict[int, Tuple[int, str]], Set[int], Tuple[int, ...]) -> List[int]
+    """Every live (not zombie) descendant of ``roots`` in ``table``, roots and ``exclude``'s subtrees left out."""
+    children = {}  # type: Dict[int, List[int]]
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], list(roots)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child in exclude:
+                continue
+            todo.append(child)
+            if table[child][1] != "Z":
+                found.append(child)
+    return found
+
+
+def kill_tree(roots, sig=None, limit=None, exclude=(), reap=None):
+    # type: (Set[int], Optional[int], Optional[float], Tuple[int, ...], Optional[Callable[[], None]]) -> bool
+    """Send ``sig`` (SIGKILL) to every descendant of ``roots`` until none is left alive.
+
+    A killed process's children are re-parented to the nearest subreaper, which is a root
+    here, so they are found by the next scan; killed processes cannot fork any more. Our own
+    zombie children are reaped on the way (by ``reap``). Returns False if some survived
+    ``limit`` seconds. With another signal, sends it once to the descendants alive now.
+    """
+    end = time.monotonic() + (KILL_WAIT_LIMIT if limit is None else limit)
+    kill = signal.SIGKILL if sig is None else sig
+    while True:
+        pids = descendants(process_table(), roots, exclude)
+        for pid in pids:
+            try:
+                os.kill(pid, kill)
+            except OSError:
+                continue
+        if sig is not None or not pids:
+            return True
+        (reap or reap_any)()
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.001)
+
+
+def reap_any():
+    # type: () -> None
+    """Reap our exited children that nobody waits for (orphans we adopted)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def which(program, env):
+    # type: (str, Dict[str, str]) -> str
+    """Resolve a program name with the block's PATH (posix_spawnp would use ours)."""
+    if "/" in program:
+        return program
+    for directory in env.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", program)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    raise FileNotFoundError(2, "No such file or directory")
+
+
+def shepherd(argv, env, out_write, status_write):
+    # type: (List[str], Dict[str, str], int, int) -> None
+    """In the forked child: become a subreaper, run the block, reap it, kill what it left, report.
+
+    Writes the leader's wait status to ``status_write`` then exits 0; exit 127 after writing
+    the error when the block cannot start.
+    """
+    signal.set_wakeup_fd(-1)
+    for number in SIGNALS:
+        if number != signal.SIGCHLD:
+            signal.signal(number, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    keep = (out_write, status_write)
+    for name in os.listdir("/proc/self/fd"):  # the protocol pipes and other blocks' pipes
+        if int(name) > 2 and int(name) not in keep:
+            try:
+                os.close(int(name))
+            except OSError:
+                pass
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    try:
+        leader = os.posix_spawn(
+            which(argv[0], env),
+            argv,
+            env,
+            file_actions=[(os.POSIX_SPAWN_DUP2, out_write, 1), (os.POSIX_SPAWN_DUP2, out_write, 2)],
+            setsid=True,
+            setsigdef=SIGNALS,
+            setsigmask=(),
+        )
+    except OSError as exc:
+        message = "ccexec: cannot start %r: %s\n" % (argv[0], exc.strerror or exc)
+        os.write(out_write, message.encode("utf-8", "replace"))
+        os._exit(127)
+    os.close(out_write)
+    _, status = os.waitpid(leader, 0)
+    try:
+        os.waitpid(-1, os.WNOHANG)
+        kill_tree({os.getpid()})  # it left something behind
+    except ChildProcessError:
+        pass  # nothing left: the common case costs no /proc scan
+    os.write(status_write, b"%d" % status)
+    os._exit(0)

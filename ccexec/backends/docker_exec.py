@@ -1,0 +1,275 @@
+"""Exec mode: one ``docker exec`` per block, for images with ``sh`` but no Python.
+
+No supervisor runs in the container, so exec mode buys its guarantees differently:
+
+- The host never writes in the work dir: the block's code travels on the exec's stdin and a
+  shell inside the container writes it (a symlink the block planted can only point inside
+  the container's own view).
+- Blocks of one executor run one at a time, so at a block's end everything in the container
+  but PID 1 belongs to it: the wrapper kills it all (no pid files, no markers a block could
+  edit), and at a timeout or cancellation a second exec does the same.
+- PID 1 is a shell that reads our stdin and reaps orphans; it has no signal handler, so a
+  block cannot signal it (the kernel protects a namespace's init).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import subprocess
+import threading
+import time
+from typing import Generator, Sequence
+
+from .._capture import OutputCapture
+from .._client import Cancel
+from .._protocol import KILL_WAIT_LIMIT, TERM_GRACE, BlockEnd, RunRequest
+from ..errors import ContainerGoneError, DockerError
+from .docker_cli import CLI_DEADLINE, RUN_DEADLINE, WORKSPACE, ContainerSpec, DockerCLI
+
+# PID 1 of an attached exec-mode container: a reader of our stdin in the background (its pid
+# is told to us); PID 1 waits for it, reaping adopted orphans meanwhile, and exits when our
+# stdin closes.
+MAIN = 'exec 3<&0; (while read -r _ <&3; do :; done) & echo "ready $!"; wait $!'
+# Kill every process of the container but PID 1, the reader ($keep) and this shell, until none
+# is left (zombies are skipped: PID 1 reaps them). Only builtins: the image may have nothing else.
+SWEEP = (
+    "n=0; while [ $n -lt 500 ]; do n=$((n+1)); left=0; for d in /proc/[0-9]*; do p=${d#/proc/}; "
+    '[ "$p" = 1 ] || [ "$p" = $$ ] || [ "$p" = "$keep" ] && continue; read -r s 2>/dev/null < "$d/stat" || '
+    'continue; s=${s##*) }; case $s in Z*) continue;; esac; kill -9 "$p" 2>/dev/null && left=1; done; '
+    "[ $left = 0 ] && break; done"
+)
+# Run one block: $1 is the pid to spare, $2 the file to write from stdin (or - for none), the
+# rest is the block's argv.
+WRAPPER = (
+    'keep=$1; f=$2; shift 2; if [ "$f" != - ]; then d=${f%/*}; { [ "$d" = "$f" ] || mkdir -p "$d"; } && '
+    'cat > "$f" || { echo "ccexec: cannot write $f" >&2; exit 1; }; fi; "$@" < /dev/null; rc=$?; '
+    + SWEEP
+    + "; exit $rc"
+)
+_CHUNK = 1 << 16
+
+
+class ExecBackend:
+    """Blocks run one ``docker exec`` each, one at a time; needs only ``sh`` in the image."""
+
+    negative_signals = False
+
+    def __init__(self, cli: DockerCLI, spec: ContainerSpec) -> None:
+        self._cli = cli
+        self._spec = spec
+        self._main: subprocess.Popen[bytes] | None = None
+        self._reader = "0"  # the pid of PID 1's stdin reader, which sweeps spare
+        self._started = False
+        self._python: str | None = None
+        self._serial = threading.Lock()  # one block at a time: a block's end kills all but PID 1
+
+    @property
+    def alive(self) -> bool:
+        if not self._started:
+            return False
+        return self._main is None or self._main.poll() is None
+
+    def start(self) -> None:
+        spec = self._spec
+        spec.prepare_mount()
+        env = self._cli.env(spec)
+        if spec.keep:
+            self._cli.run(*self._cli.run_args(spec, attached=False), env=env)
+        else:
+            argv = self._cli.run_args(spec, attached=True, script=MAIN)
+            main = self._main = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                start_new_session=True,
+            )  # fmt: skip
+            assert main.stdout is not None
+            ready = _read_line(main.stdout, RUN_DEADLINE).split()
+            if len(ready) != 2 or ready[0] != b"ready" or not ready[1].isdigit():
+                main.kill()
+                _, stderr = main.communicate()
+                self._cli.remove_quietly(spec.name)
+                raise self._cli.error(argv, stderr[-4096:], image=spec.image)
+            main.stdout.close()
+            self._reader = ready[1].decode()
+        self._started = True
+        if spec.init_command:
+            done = self._cli.run(*self._cli.exec_args(spec.name, "/bin/sh", "-s", interactive=True),
+                                 input=spec.init_command.encode(), deadline=RUN_DEADLINE, check=False)  # fmt: skip
+            if done.returncode != 0:
+                output = (done.stdout + done.stderr).decode("utf-8", "replace")
+                self.stop()
+                raise DockerError(
+                    f"init_command {spec.init_command!r} failed with exit code {done.returncode}: {output}",
+                    output=output,
+                )
+
+    def run(
+        self, requests: Sequence[RunRequest], captures: Sequence[OutputCapture], cancel: Cancel
+    ) -> Generator[BlockEnd, None, None]:
+        for request, capture in zip(requests, captures):
+            if cancel.is_set():
+                return
+            with self._serial:
+                end = self._run_one(request, capture, cancel)
+            yield end
+            if end.exit_code != 0 or end.timed_out or end.cancelled:
+                return
+
+    def _run_one(self, request: RunRequest, capture: OutputCapture, cancel: Cancel) -> BlockEnd:
+        path = "-" if request.path is None else f"{WORKSPACE}/{request.path}"
+        argv = [path if part == "{file}" else part for part in request.argv]
+        if "{python}" in argv:
+            argv = [self._find_python() if part == "{python}" else part for part in argv]
+        exec_argv = self._cli.exec_args(
+            self._spec.name,
+            "/bin/sh",
+            "-c",
+            WRAPPER,
+            "sh",
+            self._reader,
+            path,
+            *argv,
+            interactive=True,
+            env_names=list(request.env),
+        )
+        code = request.code.encode("utf-8", "surrogateescape") if request.path is not None else b""
+        start = time.monotonic()
+        exit_code, timed_out, cancelled = _run_client(
+            exec_argv, code, {**os.environ, **request.env}, request.timeout, capture, cancel
+        )
+        if timed_out or cancelled or exit_code > 128:
+            self.sweep()  # the wrapper was cut short, or the block killed it: it may not have swept
+        if self._main is not None and self._main.poll() is not None:
+            raise ContainerGoneError(
+                container=self._spec.name, reason="its main process ended", exit_status=self._main.returncode
+            )
+        signal = exit_code - 128 if 128 < exit_code < 160 and not (timed_out or cancelled) else None
+        return BlockEnd(0, None if signal else exit_code, signal, timed_out, cancelled, time.monotonic() - start)
+
+    def sweep(self) -> None:
+        """Kill every process of the container but PID 1."""
+        with contextlib.suppress(DockerError):
+            sweep = self._cli.exec_args(self._spec.name, "/bin/sh", "-c", "keep=$1; " + SWEEP, "sh", self._reader)
+            self._cli.run(*sweep, check=False)
+
+    def _find_python(self) -> str:
+        """The image's Python: python3, else python (found once, with one more exec)."""
+        if self._python is None:
+            find = "command -v python3 || command -v python || echo python3"
+            done = self._cli.run(*self._cli.exec_args(self._spec.name, "/bin/sh", "-c", find), check=False)
+            self._python = done.stdout.decode("utf-8", "replace").strip() or "python3"
+        return self._python
+
+    def delete(self, paths: list[str]) -> None:
+        with self._serial, contextlib.suppress(DockerError):
+            names = [f"{WORKSPACE}/{path}" for path in paths]
+            self._cli.run(*self._cli.exec_args(self._spec.name, "rm", "-f", "--", *names), check=False)
+
+    def code_file(self, relative: str) -> str:
+        if self._spec.mount is not None:
+            return os.path.join(self._spec.host_work_dir, relative)
+        return f"{WORKSPACE}/{relative}"
+
+    def code_dir(self) -> str:
+        return WORKSPACE
+
+    def stop(self) -> None:
+        """End the main process (so the container) when it is ours."""
+        main, self._main, self._started = self._main, None, False
+        if main is None:
+            return
+        assert main.stdin is not None
+        with contextlib.suppress(OSError):
+            main.stdin.close()
+        try:
+            main.wait(CLI_DEADLINE)
+        except subprocess.TimeoutExpired:
+            self._cli.remove_quietly(self._spec.name)
+            main.kill()
+            main.wait()
+        if main.stderr is not None:
+            main.stderr.close()
+
+
+def _read_line(stream: object, deadline: float) -> bytes:
+    """Read one line from a pipe with a deadline (b'' when none came)."""
+    fd = stream.fileno()  # type: ignore[attr-defined]
+    data = b""
+    end = time.monotonic() + deadline
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while not data.endswith(b"\n") and len(data) < 4096:
+            if not selector.select(max(0.0, end - time.monotonic())):
+                return data
+            chunk = os.read(fd, 1)
+            if not chunk:
+                return data
+            data += chunk
+    return data
+
+
+def _run_client(  # noqa: PLR0917 - one call site, every argument needed
+    argv: list[str], stdin: bytes, env: dict[str, str], timeout: float, capture: OutputCapture, cancel: Cancel
+) -> tuple[int, bool, bool]:
+    """Run a docker client with ``stdin`` fed; capture its output until it exits, the deadline or cancel.
+
+    Returns (exit code, timed out, cancelled); at the deadline or on cancel the client is
+    killed (the caller ends what it started inside the container).
+    """
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    feeder = threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True)
+    feeder.start()
+    wake_read, wake_write = os.pipe()
+
+    def wake() -> None:
+        os.write(wake_write, b"x")
+
+    cancel.on_set(wake)
+    deadline = time.monotonic() + timeout
+    timed_out = cancelled = False
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout.fileno(), selectors.EVENT_READ, "out")
+            selector.register(wake_read, selectors.EVENT_READ, "cancel")
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    timed_out = True
+                    break
+                events = selector.select(remaining)
+                if any(key.data == "cancel" for key, _ in events):
+                    cancelled = True
+                    break
+                if events:
+                    chunk = os.read(proc.stdout.fileno(), _CHUNK)
+                    if not chunk:
+                        break
+                    capture.feed(chunk)
+        if timed_out or cancelled:
+            proc.kill()
+        try:
+            code = proc.wait(TERM_GRACE + KILL_WAIT_LIMIT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+    finally:
+        cancel.forget(wake)
+        os.close(wake_read)
+        os.close(wake_write)
+        proc.stdout.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return code, timed_out, cancelled
+
+
+def _feed(stream: object, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        stream.write(data)  # type: ignore[attr-defined]
+        stream.close()  # type: ignore[attr-defined]

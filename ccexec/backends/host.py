@@ -1,0 +1,172 @@
+"""The supervisor as a child process of this one (the local executor's backend), and how any
+supervisor process is started with a client on its stdio (``Attached``, also used for containers)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import weakref
+from typing import Callable, Generator, Mapping, Sequence
+
+from .._capture import OutputCapture
+from .._client import Cancel, SupervisorClient
+from .._protocol import END_GRACE, BlockEnd, RunRequest
+from ..errors import SupervisorGoneError
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Seconds the local supervisor may take to say hello.
+START_DEADLINE = 30.0
+#: Bytes of a client's stderr kept for error messages (the last ones).
+STDERR_KEPT = 1 << 16
+
+
+def supervisor_source() -> str:
+    """The protocol and supervisor modules as one script, for ``python -c`` (here or in a container)."""
+    parts = []
+    for name in ("_protocol.py", "_workdir.py", "_tree.py", "_supervisor.py"):
+        with open(os.path.join(_PACKAGE, name), encoding="utf-8") as handle:
+            parts.append(handle.read())
+    return "\n".join(parts)
+
+
+class Attached:
+    """A process whose stdin and stdout carry the protocol (a supervisor, or a docker client attached to one).
+
+    When the client finds the channel broken, the process is killed. Its stderr is inherited,
+    or, with ``keep_stderr``, read by a thread that keeps only the last STDERR_KEPT bytes.
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        name: str,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        keep_stderr: bool = False,
+        gone: Callable[[str], SupervisorGoneError] | None = None,
+    ) -> None:
+        self.argv = argv
+        self._stderr = bytearray()
+        to_child, to_us = os.pipe(), os.pipe()
+        try:
+            # A new session: a Ctrl-C in the terminal is ours to handle, not the supervisor's.
+            self.proc = subprocess.Popen(
+                argv, cwd=cwd, env=None if env is None else dict(env), stdin=to_child[0], stdout=to_us[1],
+                stderr=subprocess.PIPE if keep_stderr else None, start_new_session=True,
+            )  # fmt: skip
+        except BaseException:
+            for fd in (*to_child, *to_us):
+                os.close(fd)
+            raise
+        os.close(to_child[0])
+        os.close(to_us[1])
+        proc = self.proc
+        self.client = SupervisorClient(name, to_us[0], to_child[1], lambda: _kill(proc), gone)
+        if keep_stderr:
+            threading.Thread(target=self._read_stderr, name=f"ccexec-{name}-stderr", daemon=True).start()
+        # Dropped without close(): the supervisor sees its stdin close and exits.
+        weakref.finalize(self, _end, self.client, proc)
+
+    def _read_stderr(self) -> None:
+        stream = self.proc.stderr
+        assert stream is not None
+        with stream:
+            for chunk in iter(lambda: os.read(stream.fileno(), STDERR_KEPT), b""):
+                self._stderr += chunk
+                del self._stderr[:-STDERR_KEPT]
+
+    def stderr_text(self) -> str:
+        """The end of what the process wrote to stderr."""
+        return self._stderr.decode("utf-8", "replace").strip()
+
+    def close(self, deadline: float) -> bool:
+        """Close its stdin (the supervisor kills its blocks and exits); kill it past ``deadline``.
+
+        Returns whether it ended by itself.
+        """
+        self.client.close()
+        try:
+            self.proc.wait(deadline)
+            return True
+        except subprocess.TimeoutExpired:
+            _kill(self.proc)
+            self.proc.wait()
+            return False
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+
+
+def _end(client: SupervisorClient, proc: subprocess.Popen[bytes]) -> None:
+    """Close the channel of an Attached nobody closed, and reap its process (killed if it lingers)."""
+    client.close()
+    try:
+        proc.wait(1.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class HostBackend:
+    """Blocks run under a supervisor process started with ``python`` (the venv's, when given)."""
+
+    negative_signals = True
+    _where = "the local executor"
+
+    def __init__(self, work_dir: str, python: str) -> None:
+        self._work_dir = work_dir
+        self._python = python
+        self._attached: Attached | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def alive(self) -> bool:
+        attached = self._attached
+        return attached is not None and attached.client.alive
+
+    def start(self) -> None:
+        with self._lock:
+            if self.alive:
+                return
+            self._release()
+            # -I -S: the supervisor needs only the standard library; site's imports cost ~5 ms.
+            argv = [self._python, "-I", "-S", "-c", supervisor_source()]
+            attached = self._attached = Attached(argv, self._where, cwd=self._work_dir)
+            if attached.client.wait_ready(START_DEADLINE) is None:
+                self._release()
+                code = attached.proc.poll()
+                reason = f"it did not start within {START_DEADLINE:g} s" if code is None else f"exit status {code}"
+                raise attached.client.error or SupervisorGoneError(
+                    where=self._where, reason=f"{self._python}: {reason}"
+                )
+
+    def run(
+        self, requests: Sequence[RunRequest], captures: Sequence[OutputCapture], cancel: Cancel
+    ) -> Generator[BlockEnd, None, None]:
+        attached = self._attached
+        if attached is None:
+            raise SupervisorGoneError(where=self._where, reason="it was stopped")
+        return attached.client.run(requests, captures, cancel)
+
+    def delete(self, paths: list[str]) -> None:
+        if self._attached is not None:
+            self._attached.client.delete(paths, END_GRACE)
+
+    def code_file(self, relative: str) -> str:
+        return os.path.join(self._work_dir, relative)
+
+    def code_dir(self) -> str:
+        return self._work_dir
+
+    def stop(self) -> None:
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
+        attached, self._attached = self._attached, None
+        if attached is not None:
+            attached.close(END_GRACE)
