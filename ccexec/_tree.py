@@ -4,6 +4,7 @@ Part of the supervisor (see ``_supervisor.py``): shipped into containers as text
 standard library only.
 """
 
+import json
 import os
 import time
 
@@ -130,12 +131,14 @@ def which(program, env):
     raise FileNotFoundError(2, "No such file or directory")
 
 
-def shepherd(argv, env, out_write, status_write):
-    # type: (List[str], Dict[str, str], int, int) -> None
-    """In the forked child: become a subreaper, run the block, reap it, kill what it left, report.
+def shepherd(command_read, out_write, status_write):
+    # type: (int, int, int) -> None
+    """In a child forked ahead of need: become a subreaper, wait for the block, run it, reap it, kill
+    what it left, report.
 
-    Writes the leader's wait status to ``status_write`` then exits 0; exit 127 after writing
-    the error when the block cannot start.
+    The block comes on ``command_read`` as JSON ``[argv, env]`` followed by EOF (nothing: exit
+    unused). Writes the leader's wait status to ``status_write`` then exits 0; exit 127 after
+    writing the error when the block cannot start.
     """
     signal.set_wakeup_fd(-1)
     for number in SIGNALS:
@@ -144,7 +147,7 @@ def shepherd(argv, env, out_write, status_write):
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    keep = (out_write, status_write)
+    keep = (command_read, out_write, status_write)
     for name in os.listdir("/proc/self/fd"):  # the protocol pipes and other blocks' pipes
         if int(name) > 2 and int(name) not in keep:
             try:
@@ -154,6 +157,21 @@ def shepherd(argv, env, out_write, status_write):
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
+    command = b""
+    while True:
+        chunk = os.read(command_read, 1 << 16)
+        if not chunk:
+            break
+        command += chunk
+    if not command:
+        os._exit(0)
+    argv, env = json.loads(command)
+    run_leader(argv, env, out_write, status_write)
+
+
+def run_leader(argv, env, out_write, status_write):
+    # type: (List[str], Dict[str, str], int, int) -> None
+    """Spawn the block in a new session with default signal dispositions, wait for it, clean up, report."""
     try:
         leader = os.posix_spawn(
             which(argv[0], env),

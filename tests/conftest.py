@@ -88,6 +88,22 @@ assert HELPERS.is_dir()
 os.environ.setdefault("PYTHONWARNDEFAULTENCODING", "1")
 
 
+#: Prints how many processes in the container are neither the supervisor (PID 1), nor one of its
+#: shepherds (forks of it, with the same command line), nor this probe: 0 means nothing was left.
+PROCESS_COUNT = """
+import os
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
+supervisor = cmdline(1)
+others = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+print(sum(1 for p in others if cmdline(p) not in (supervisor, None)))
+"""
+
+
 # -- Docker ------------------------------------------------------------------------------------
 
 TEST_IMAGE = os.environ.get("CCEXEC_TEST_IMAGE", "ccexec-test/python:3-slim")

@@ -20,7 +20,7 @@ import pytest
 import ccexec
 from ccexec import CodeBlock, DockerCommandLineCodeExecutor
 
-from .conftest import HELPERS, TEST_PREFIX, Engine, orphan_label_args
+from .conftest import HELPERS, PROCESS_COUNT, TEST_PREFIX, Engine, orphan_label_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,11 +41,6 @@ def executor(docker_engine: str, tmp_path: Path) -> Iterator[DockerCommandLineCo
 DOCKER = Engine("docker", "")
 container_state = DOCKER.state
 wait_state = DOCKER.wait_state
-
-
-PROCESS_COUNT = (
-    "import os; print(sum(1 for p in os.listdir('/proc') if p.isdigit() and int(p) not in (os.getpid(), os.getppid())))"
-)
 
 
 # -- AutoGen's scenarios ----------------------------------------------------------------------------
@@ -94,7 +89,7 @@ def test_timeout_kills_and_marker_is_never_written(engine: Engine, tmp_path: Pat
         time.sleep(1.0)
         assert not (tmp_path / "late-marker").exists()
         leftover = executor.execute_code_blocks([CodeBlock(PROCESS_COUNT, "python")])
-        assert leftover.output == "1\n"  # only the supervisor
+        assert leftover.output == "0\n"
 
 
 def test_timeout_kills_stubborn_tree(docker_engine: str, tmp_path: Path) -> None:
@@ -105,7 +100,7 @@ def test_timeout_kills_stubborn_tree(docker_engine: str, tmp_path: Path) -> None
         )
         assert result.exit_code == 124, result.output
         assert len((tmp_path / "pids.txt").read_text(encoding="utf-8").split()) == 5
-        assert executor.execute_code_blocks([CodeBlock(PROCESS_COUNT, "python")]).output == "1\n"
+        assert executor.execute_code_blocks([CodeBlock(PROCESS_COUNT, "python")]).output == "0\n"
 
 
 def test_async_cancellation_kills_the_block(engine: Engine, tmp_path: Path) -> None:
@@ -121,7 +116,7 @@ def test_async_cancellation_kills_the_block(engine: Engine, tmp_path: Path) -> N
             with pytest.raises(asyncio.CancelledError):
                 await task
             count = await executor.aexecute_code_blocks([CodeBlock(PROCESS_COUNT, "python")])
-            assert count.output == "1\n"
+            assert count.output == "0\n"
             await asyncio.sleep(2.2)
             assert not (tmp_path / "late").exists()
 

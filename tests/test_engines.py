@@ -20,17 +20,13 @@ import pytest
 
 from ccexec import CodeBlock, DockerCommandLineCodeExecutor
 
-from .conftest import TEST_IMAGE, TEST_PREFIX, Engine, orphan_label_args, unavailable
+from .conftest import PROCESS_COUNT, TEST_IMAGE, TEST_PREFIX, Engine, orphan_label_args, unavailable
 
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The docker context scripts/test-engine.sh --sshd creates: this host's engine over its test sshd.
 SSH_CONTEXT = "ccexec-test-ssh"
-#: Processes in the container other than the probe and its shepherd: 1 means only the supervisor is left.
-PROCESS_COUNT = (
-    "import os; print(sum(1 for p in os.listdir('/proc') if p.isdigit() and int(p) not in (os.getpid(), os.getppid())))"
-)
 #: A block that would write a marker 3 s after it starts, unless its deadline killed it first.
 LATE_MARKER = "echo started; (sleep 3; touch late-marker) & sleep 30"
 
@@ -144,7 +140,7 @@ def check_remote_executor(executor: DockerCommandLineCodeExecutor, work_dir: Pat
     time.sleep(max(0.0, start + 3.5 - time.monotonic()))
     probe = executor.execute_code_blocks([CodeBlock("test -e late-marker && echo written || echo absent", "sh")])
     assert probe.output == "absent\n"
-    assert executor.execute_code_blocks([CodeBlock(PROCESS_COUNT, "python")]).output == "1\n"
+    assert executor.execute_code_blocks([CodeBlock(PROCESS_COUNT, "python")]).output == "0\n"
 
 
 def test_docker_host_ssh_picks_no_mount_mode(

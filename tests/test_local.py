@@ -465,13 +465,15 @@ def test_stop_kills_running_blocks(tmp_path: Path) -> None:
 
 
 def test_no_stray_processes_after_suite_of_calls(tmp_path: Path) -> None:
-    """Between calls only the supervisor runs, with no child; after stop() nothing of the executor is left."""
+    """Between calls only the supervisor and its spare shepherd run; after stop() nothing of the executor is left."""
     before = set(children_of(os.getpid()))
     executor = make(tmp_path)
     for _ in range(3):
         executor.execute_code_blocks([CodeBlock("print(1)", "python"), CodeBlock("true", "sh")])
     (supervisor,) = set(children_of(os.getpid())) - before
-    assert children_of(supervisor) == []
+    spares = children_of(supervisor)
+    assert len(spares) <= 1  # a shepherd forked ahead of the next block, idle
+    assert [child for spare in spares for child in children_of(spare)] == []
     executor.stop()
     assert wait_gone([supervisor]) == []
 

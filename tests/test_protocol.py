@@ -81,9 +81,14 @@ def test_parser_memory_is_bounded_by_a_header() -> None:
     """A gigabyte without a newline is refused after MAX_HEADER bytes, whatever the chunking."""
     parser = FrameParser(TO_HOST)
     chunk = b"A" * 16
-    with pytest.raises(ProtocolError):
+    fed = 0
+    try:
         for _ in range(1 << 26):
             parser.feed(chunk)
+            fed += len(chunk)
+    except ProtocolError:
+        pass
+    assert fed < MAX_HEADER
     assert len(parser.buffer) <= MAX_HEADER + len(chunk)
 
 
