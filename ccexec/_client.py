@@ -9,17 +9,19 @@ host side is without a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
 import time
-from typing import Callable, Generator, Sequence
+from typing import Callable, Generator, Iterator, Sequence, TypeVar
 
 from ._capture import OutputCapture
 from ._protocol import END_GRACE, TO_HOST, VERSION, BlockEnd, FrameParser, Hello, ProtocolError, RunRequest, frame
 from .errors import ProtocolViolationError, SupervisorGoneError
 
 _CHUNK = 1 << 16
+T = TypeVar("T")
 
 
 class Cancel:
@@ -58,6 +60,52 @@ class Cancel:
     def wait(self, timeout: float) -> bool:
         """Wait until set or ``timeout`` seconds; return whether it is set."""
         return self._event.wait(timeout)
+
+
+class RunningCalls:
+    """The calls in flight on one executor, each with its Cancel."""
+
+    def __init__(self) -> None:
+        self._idle = threading.Condition()
+        self._running: set[Cancel] = set()
+
+    @contextlib.contextmanager
+    def track(self, cancel: Cancel) -> Iterator[None]:
+        """Count the call as running for the duration of the ``with`` block."""
+        with self._idle:
+            self._running.add(cancel)
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._running.discard(cancel)
+                self._idle.notify_all()
+
+    def cancel_all(self, timeout: float) -> None:
+        """Cancel every running call and wait, ``timeout`` seconds at most, until they have returned."""
+        with self._idle:
+            running = list(self._running)
+        for cancel in running:
+            cancel.set()
+        with self._idle:
+            self._idle.wait_for(lambda: not self._running, timeout)
+
+
+async def in_thread_cancellable(call: Callable[[Cancel], T]) -> T:
+    """Run ``call(cancel)`` in a worker thread; cancelling the awaiting task sets ``cancel`` and waits
+    until the call has returned (the code is really dead) before the cancellation goes on."""
+    import asyncio
+
+    cancel = Cancel()
+    future = asyncio.get_running_loop().run_in_executor(None, call, cancel)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        cancel.set()
+        while not future.done():
+            with contextlib.suppress(BaseException):  # the worker's outcome is moot now
+                await asyncio.shield(future)
+        raise
 
 
 class _Pending:

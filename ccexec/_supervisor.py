@@ -50,7 +50,7 @@ try:  # imported from ccexec on the host (tests, tools)
         frame,
         load_json,
     )
-    from ._tree import PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, kill_tree, prctl, shepherd
+    from ._tree import PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, Block, Spare, kill_tree, oom_kills, prctl
     from ._workdir import delete_file, write_file
 except ImportError:  # shipped as text after _protocol's: its names are defined already
     pass
@@ -71,59 +71,8 @@ def send(data):
 # -- blocks --------------------------------------------------------------------------------------
 
 
-class Spare:
-    """A shepherd forked ahead of need: its pid, the pipe its block comes on, and the block's pipes."""
-
-    def __init__(self, pid, command, out_read, status_read):
-        # type: (int, int, int, int) -> None
-        self.pid = pid
-        self.command = command
-        self.out_read = out_read
-        self.status_read = status_read
-
-    def discard(self):
-        # type: () -> None
-        for fd in (self.command, self.out_read, self.status_read):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
-class Block:
-    """A running block: its shepherd, pipes, deadline and how it is ending."""
-
-    def __init__(self, request, shepherd_pid, out_fd, status_fd, oom_before):
-        # type: (RunRequest, int, int, int, int) -> None
-        self.ident = request.ident
-        self.shepherd = shepherd_pid
-        self.out_fd = out_fd
-        self.status_fd = status_fd
-        self.start = time.monotonic()
-        self.deadline = self.start + request.timeout
-        self.oom_before = oom_before
-        self.shepherd_status = None  # type: Optional[int]
-        self.timed_out = False
-        self.cancelled = False
-        self.kill_at = None  # type: Optional[float]
-
-
-def oom_kills():
-    # type: () -> int
-    """The cgroup's count of processes killed for memory (v2 or v1), or -1 when unknown."""
-    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
-        try:
-            with open(path, "rb") as handle:
-                for line in handle:
-                    if line.startswith(b"oom_kill "):
-                        return int(line.split()[1])
-        except (OSError, ValueError):
-            continue
-    return -1
-
-
-class Supervisor:
-    """Read requests, run blocks under shepherds, stream output, report ends."""
+class Blocks:
+    """The running blocks: start each under a shepherd, stop, kill, reap, drain and report them."""
 
     def __init__(self):
         # type: () -> None
@@ -142,58 +91,13 @@ class Supervisor:
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         self.wake = wake_read
 
-    # -- requests
-
-    def handle(self, kind, ident, payload):
-        # type: (bytes, int, bytes) -> None
-        if kind == b"R":
-            self.run(RunRequest.decode(ident, payload))
-        elif kind == b"C":
-            block = self.blocks.get(ident)
-            if block is not None:
-                self.stop(block, timed_out=False)
-        elif kind == b"D":
-            paths = load_json(payload)
-            for path in paths if isinstance(paths, list) else ():
-                try:
-                    delete_file(self.root, str(path))
-                except (OSError, ValueError):
-                    continue  # gone already, or replaced by the block: nothing of ours to delete
-            send(BlockEnd(ident, exit_code=0).encode())
-
-    def run(self, request):
-        # type: (RunRequest) -> None
-        after = request.after
-        if after is not None:
-            ok = self.outcomes.pop(after, None)
-            if ok is None:  # still running: start this one when it has ended
-                self.chained[after] = request
-                return
-            if not ok:
-                self.chained[after] = request
-                self.settle(after, False)
-                return
-        self.start(request)
-
-    def settle(self, ident, ok):
-        # type: (int, bool) -> None
-        """Block ``ident`` ended: start or skip the block chained after it, or remember how it went."""
-        chained = self.chained.pop(ident, None)
-        if chained is None:
-            self.outcomes[ident] = ok
-            if len(self.outcomes) > 1000:  # ids nobody chains to
-                del self.outcomes[min(self.outcomes)]
-        elif ok:
-            self.start(chained)
-        else:
-            send(BlockEnd(chained.ident, skipped=True).encode())
-            self.settle(chained.ident, False)
-
     def fail(self, ident, message, exit_code):
         # type: (int, str, int) -> None
         send(frame(b"O", ident, message.encode("utf-8", "replace")))
         send(BlockEnd(ident, exit_code=exit_code, not_started=True).encode())
         self.settle(ident, False)
+
+    # -- the loop
 
     def start(self, request):
         # type: (RunRequest) -> None
@@ -228,26 +132,14 @@ class Supervisor:
     def take_spare(self):
         # type: () -> Spare
         """The shepherd forked ahead of need (a new one if there is none)."""
-        spare = self.spare or self.fork_spare()
+        spare = self.spare or Spare.fork()
         self.spare = None
         return spare
 
     def fork_spare(self):
-        # type: () -> Spare
-        """Fork a shepherd that waits for its block (forking costs ~0.5-1 ms: not on a block's path)."""
-        command_read, command_write = os.pipe()
-        out_read, out_write = os.pipe()
-        status_read, status_write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child never returns
-            try:
-                shepherd(command_read, out_write, status_write)
-            finally:
-                os._exit(126)
-        for fd in (command_read, out_write, status_write):
-            os.close(fd)
-        self.spare = Spare(pid, command_write, out_read, status_read)
-        return self.spare
+        # type: () -> None
+        """Fork the next block's shepherd now (forking costs ~0.5-1 ms: not on a block's path)."""
+        self.spare = Spare.fork()
 
     # -- ending blocks
 
@@ -278,22 +170,9 @@ class Supervisor:
             if not (block.timed_out or block.cancelled):
                 note = "ccexec: the block killed its supervising process; everything it started was killed\n"
         self.drain(block)
-        exit_code = sig = None
-        if status is not None and os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-        elif status is not None:
-            exit_code = os.WEXITSTATUS(status)
-        elif block.timed_out or block.cancelled:
-            sig = signal.SIGKILL
-        else:
-            exit_code = 1
-        oom = sig == signal.SIGKILL and block.oom_before >= 0 and oom_kills() > block.oom_before
-        end = BlockEnd(
-            block.ident, exit_code, sig, block.timed_out, block.cancelled,
-            time.monotonic() - block.start, oom=oom, note=note,
-        )  # fmt: skip
+        end = block.end(status, note)
         send(end.encode())
-        self.settle(block.ident, exit_code == 0 and not block.timed_out and not block.cancelled)
+        self.settle(block.ident, end.exit_code == 0 and not block.timed_out and not block.cancelled)
 
     def drain(self, block):
         # type: (Block) -> None
@@ -371,7 +250,61 @@ class Supervisor:
         self.sweep_orphans()
         os._exit(0)
 
-    # -- the loop
+    def settle(self, ident, ok):
+        # type: (int, bool) -> None
+        """Block ``ident`` ended (``ok``: it succeeded); see Supervisor."""
+        raise NotImplementedError
+
+
+class Supervisor(Blocks):
+    """Read requests, chain blocks, stream output, report ends."""
+
+    # -- requests
+
+    def handle(self, kind, ident, payload):
+        # type: (bytes, int, bytes) -> None
+        if kind == b"R":
+            self.run(RunRequest.decode(ident, payload))
+        elif kind == b"C":
+            block = self.blocks.get(ident)
+            if block is not None:
+                self.stop(block, timed_out=False)
+        elif kind == b"D":
+            paths = load_json(payload)
+            for path in paths if isinstance(paths, list) else ():
+                try:
+                    delete_file(self.root, str(path))
+                except (OSError, ValueError):
+                    continue  # gone already, or replaced by the block: nothing of ours to delete
+            send(BlockEnd(ident, exit_code=0).encode())
+
+    def run(self, request):
+        # type: (RunRequest) -> None
+        after = request.after
+        if after is not None:
+            ok = self.outcomes.pop(after, None)
+            if ok is None:  # still running: start this one when it has ended
+                self.chained[after] = request
+                return
+            if not ok:
+                self.chained[after] = request
+                self.settle(after, False)
+                return
+        self.start(request)
+
+    def settle(self, ident, ok):
+        # type: (int, bool) -> None
+        """Block ``ident`` ended: start or skip the block chained after it, or remember how it went."""
+        chained = self.chained.pop(ident, None)
+        if chained is None:
+            self.outcomes[ident] = ok
+            if len(self.outcomes) > 1000:  # ids nobody chains to
+                del self.outcomes[min(self.outcomes)]
+        elif ok:
+            self.start(chained)
+        else:
+            send(BlockEnd(chained.ident, skipped=True).encode())
+            self.settle(chained.ident, False)
 
     def loop(self):
         # type: () -> None

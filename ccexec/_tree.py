@@ -18,7 +18,7 @@ else:
     except ImportError:  # pragma: no cover - CPython always has it
         import signal
 try:  # imported from ccexec on the host
-    from ._protocol import KILL_WAIT_LIMIT
+    from ._protocol import KILL_WAIT_LIMIT, BlockEnd, RunRequest  # noqa: F401 - RunRequest in type comments
 except ImportError:  # shipped as text after _protocol's: its names are defined already
     pass
 
@@ -195,3 +195,87 @@ def run_leader(argv, env, out_write, status_write):
         pass  # nothing left: the common case costs no /proc scan
     os.write(status_write, b"%d" % status)
     os._exit(0)
+
+
+class Spare:
+    """A shepherd forked ahead of need: its pid, the pipe its block comes on, and the block's pipes."""
+
+    def __init__(self, pid, command, out_read, status_read):
+        # type: (int, int, int, int) -> None
+        self.pid = pid
+        self.command = command
+        self.out_read = out_read
+        self.status_read = status_read
+
+    @classmethod
+    def fork(cls):
+        # type: () -> Spare
+        """Fork a shepherd that waits for its block."""
+        command_read, command_write = os.pipe()
+        out_read, out_write = os.pipe()
+        status_read, status_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child never returns
+            try:
+                shepherd(command_read, out_write, status_write)
+            finally:
+                os._exit(126)
+        for fd in (command_read, out_write, status_write):
+            os.close(fd)
+        return cls(pid, command_write, out_read, status_read)
+
+    def discard(self):
+        # type: () -> None
+        for fd in (self.command, self.out_read, self.status_read):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class Block:
+    """A running block: its shepherd, pipes, deadline and how it is ending."""
+
+    def __init__(self, request, shepherd_pid, out_fd, status_fd, oom_before):
+        # type: (RunRequest, int, int, int, int) -> None
+        self.ident = request.ident
+        self.shepherd = shepherd_pid
+        self.out_fd = out_fd
+        self.status_fd = status_fd
+        self.start = time.monotonic()
+        self.deadline = self.start + request.timeout
+        self.oom_before = oom_before
+        self.shepherd_status = None  # type: Optional[int]
+        self.timed_out = False
+        self.cancelled = False
+        self.kill_at = None  # type: Optional[float]
+
+    def end(self, status, note):
+        # type: (Optional[int], str) -> BlockEnd
+        """The block's end frame, from the leader's wait status (None: unknown, the shepherd was killed)."""
+        exit_code = sig = None
+        if status is not None and os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+        elif status is not None:
+            exit_code = os.WEXITSTATUS(status)
+        elif self.timed_out or self.cancelled:
+            sig = signal.SIGKILL
+        else:
+            exit_code = 1
+        oom = sig == signal.SIGKILL and self.oom_before >= 0 and oom_kills() > self.oom_before
+        duration = time.monotonic() - self.start
+        return BlockEnd(self.ident, exit_code, sig, self.timed_out, self.cancelled, duration, oom=oom, note=note)
+
+
+def oom_kills():
+    # type: () -> int
+    """The cgroup's count of processes killed for memory (v2 or v1), or -1 when unknown."""
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+        try:
+            with open(path, "rb") as handle:
+                for line in handle:
+                    if line.startswith(b"oom_kill "):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return -1

@@ -11,6 +11,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import t
 if TYPE_CHECKING:
     from typing import Mapping, Sequence
 
+    from ._protocol import RunRequest
+
 #: Placeholder in a language command for "the Python interpreter of this executor".
 PYTHON = "{python}"
 #: Placeholder in a language command for the code file; appended when absent.
@@ -172,3 +174,52 @@ def coerce_blocks(code_blocks: Sequence[object]) -> list[CodeBlock]:
             )
         blocks.append(block if isinstance(block, CodeBlock) else CodeBlock(code, language))
     return blocks
+
+
+class PlannedBlock:
+    """A block ready to send: its request, and where its file goes (relative to the work dir)."""
+
+    __slots__ = ("block", "generated", "relative", "request")
+
+    def __init__(self, block: CodeBlock, relative: str, generated: bool, request: RunRequest) -> None:
+        self.block, self.relative, self.generated, self.request = block, relative, generated, request
+
+
+def plan(  # noqa: PLR0917 - the call's blocks and the executor's settings
+    blocks: Sequence[CodeBlock], languages: Mapping[str, Language], code_dir: str, timeout: float,
+    env: dict[str, str], clear_env: bool,
+) -> tuple[list[PlannedBlock], tuple[str, str] | None]:  # fmt: skip
+    """Name each block's file and build its request, up to the first block that cannot start.
+
+    Returns the planned blocks and, when one cannot start, (its language, why) to report
+    after the blocks before it succeeded: an unknown language, or a ``# filename:`` outside
+    the work dir.
+    """
+    from ._protocol import RunRequest
+
+    planned: list[PlannedBlock] = []
+    for block in blocks:
+        language = languages.get(normalize_tag(block.language))
+        name = requested_filename(block.code)
+        if language is None:
+            return planned, (block.language, f"unknown language {block.language}\n")
+        try:
+            relative = (
+                generated_filename(block.code, language.extension) if name is None else relative_name(name, code_dir)
+            )
+        except FilenameOutsideWorkspace:
+            return planned, (block.language, f"Filename is not in the workspace: {name!r}\n")
+        request = RunRequest(0, language.argv("{file}", "{python}"), timeout, env, clear_env, relative, block.code)
+        planned.append(PlannedBlock(block, relative, name is None, request))
+    return planned, None
+
+
+def relative_name(name: str, code_dir: str) -> str:
+    """A ``# filename:`` as a path relative to the work dir, lexically; raises FilenameOutsideWorkspace.
+
+    Symlinks are not resolved here: the supervisor writes without following any.
+    """
+    real = os.path.realpath(code_dir)
+    if name.startswith("/") and real != code_dir and name.startswith(real.rstrip("/") + "/"):
+        return container_relative_path(name, real)
+    return container_relative_path(name, code_dir)

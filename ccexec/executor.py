@@ -11,17 +11,12 @@ import os
 
 from .blocks import (
     CodeBlock,
-    FilenameOutsideWorkspace,
     Language,
     coerce_blocks,
-    container_relative_path,
-    generated_filename,
     language_table,
-    normalize_tag,
-    requested_filename,
 )
-from .errors import FunctionSetupError, InvalidArgumentError
-from .results import TIMEOUT_EXIT_CODE, BlockResult, CommandLineCodeResult, describe_exit
+from .errors import InvalidArgumentError
+from .results import TIMEOUT_EXIT_CODE, BlockResult, CommandLineCodeResult
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
 if TYPE_CHECKING:
@@ -31,9 +26,8 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
-    from ._capture import OutputCallback, OutputCapture
+    from ._capture import OutputCallback
     from ._client import Cancel
-    from ._protocol import BlockEnd
     from .backends import Backend
 
 #: Default cap on the output kept per block, in bytes (head and tail are kept).
@@ -56,42 +50,17 @@ class BaseCommandLineExecutor:
         setup_timeout: float | None,
         delete_generated: bool,
     ) -> None:
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 1:
-            raise InvalidArgumentError(f"timeout must be a number of seconds >= 1, got {timeout!r}")
-        if not isinstance(functions_module, str) or not functions_module.isidentifier():
-            raise InvalidArgumentError(
-                f"functions_module must be a valid Python identifier, got {functions_module!r}",
-            )
-        if not isinstance(max_output_bytes, int) or max_output_bytes < 1:
-            raise InvalidArgumentError(
-                f"max_output_bytes must be a positive int, got {max_output_bytes!r}",
-            )
-        if isinstance(functions, (str, bytes)) or not all(callable(f) or hasattr(f, "func") for f in functions):
-            raise InvalidArgumentError(
-                "functions must be a list of functions, FunctionWithRequirements or "
-                "FunctionWithRequirements.from_str(...) objects"
-            )
-        setup_timeout = timeout if setup_timeout is None else setup_timeout  # AutoGen uses the block timeout
-        if not isinstance(setup_timeout, (int, float)) or setup_timeout <= 0:
-            raise InvalidArgumentError(f"setup_timeout must be a positive number, got {setup_timeout!r}")
-        self._setup_timeout = float(setup_timeout)
-        self._functions_ready = not functions
         import threading  # here, not at import time (see benchmarks/footprint.py)
 
-        self._setup_lock = threading.Lock()
-        self._timeout = float(timeout)
-        self._functions = list(functions)
-        self._functions_module = functions_module
+        from ._client import RunningCalls
+
+        self._setup_timeout = _check_arguments(timeout, functions, functions_module, max_output_bytes, setup_timeout)
+        self._timeout, self._max_output_bytes, self._on_output = float(timeout), max_output_bytes, on_output
+        self._functions, self._functions_module = list(functions), functions_module
+        self._functions_ready, self._setup_lock = not functions, threading.Lock()
         self._languages = language_table(languages)
-        self._max_output_bytes = max_output_bytes
-        self._on_output = on_output
-        # Absolute now: children run with the work dir as cwd, and docker reads a relative
-        # mount source as a named volume.
-        self._requested_work_dir = None if work_dir is None else _path(work_dir).absolute()
-        self._temp_dir: Any = None  # tempfile.TemporaryDirectory when work_dir is None
-        self._lock = threading.RLock()
-        self._idle = threading.Condition(self._lock)  # notified when a call ends
-        self._running: set[Cancel] = set()
+        self._work_dir = WorkDir(work_dir)
+        self._lock, self._calls = threading.RLock(), RunningCalls()
         self._delete_generated = delete_generated
         self._backend: Backend | None = None
 
@@ -127,30 +96,16 @@ class BaseCommandLineExecutor:
 
     def code_writer_system_message(self) -> str:
         """Return a system message telling a code-writing agent how this executor runs its code."""
-        from .results import TIMEOUT_EXIT_CODE
 
         tags = sorted(
             tag
             for tag, language in self._languages.items()
             if tag == _primary_tag(self._languages, language) and self._can_run(language)
         )
-        lines = [
-            "You solve tasks by writing code that is run for you. Put each program in a fenced code block "
-            f"tagged with its language; the languages you can use are: {', '.join(tags)}.",
-            "Each block is saved to a file and run in a NEW process, in order, stopping at the first block "
-            "that fails. Nothing is shared between blocks except files: to pass data on, write it to a file.",
-            f"Every block runs with the working directory {self._work_dir_for_code()}. To choose the file "
-            "name of a block, make its first line a comment like `# filename: name.py`; the name must stay "
-            "inside the working directory.",
-            f"Each block may run for {self._timeout:g} seconds; then it is stopped (exit code "
-            f"{TIMEOUT_EXIT_CODE}). Standard input is closed: do not ask for input. Print what you need to see; "
-            "you will get the output and the exit code back.",
-            "Write complete programs, not fragments to fill in; if a block fails, read the error and send a "
-            "corrected block.",
-        ]
-        if self._functions:
-            lines.append(self.format_functions_for_prompt())
-        return "\n\n".join(lines)
+        from .functions import system_message
+
+        functions = self.format_functions_for_prompt() if self._functions else None
+        return system_message(tags, self._work_dir_for_code(), self._timeout, TIMEOUT_EXIT_CODE, functions)
 
     def _work_dir_for_code(self) -> str:
         """The work dir as the code sees it."""
@@ -168,14 +123,7 @@ class BaseCommandLineExecutor:
     @property
     def work_dir(self) -> Path:
         """The work dir (a temporary one, created on first use, when none was given)."""
-        with self._lock:
-            if self._requested_work_dir is not None:
-                return self._requested_work_dir
-            if self._temp_dir is None:
-                import tempfile
-
-                self._temp_dir = tempfile.TemporaryDirectory(prefix="ccexec-")
-            return _path(self._temp_dir.name)
+        return self._work_dir.path()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -184,7 +132,7 @@ class BaseCommandLineExecutor:
 
         Optional: the first execution does it too. Raises a CcexecError saying why it cannot.
         """
-        self._prepare_work_dir()
+        self._work_dir.create()
         with self._lock:
             if self._backend is not None and self._backend.alive:
                 return
@@ -199,26 +147,12 @@ class BaseCommandLineExecutor:
                 self._backend = None
                 raise
 
-    def _prepare_work_dir(self) -> None:
-        work_dir = self.work_dir
-        try:
-            work_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InvalidArgumentError(
-                f"cannot create work_dir {str(work_dir)!r}: {exc.strerror}; pass a writable directory as work_dir",
-            ) from exc
-        if not work_dir.is_dir():
-            raise InvalidArgumentError(f"work_dir {str(work_dir)!r} is not a directory")
-
     def stop(self) -> None:
         """Stop running blocks (their processes are killed) and remove a temporary work dir."""
         self._cancel_running()
         self._release_backend()
-        with self._lock:
-            if self._temp_dir is not None:
-                self._functions_ready = not self._functions
-                self._temp_dir.cleanup()
-                self._temp_dir = None
+        if self._work_dir.remove_temporary():
+            self._functions_ready = not self._functions
 
     def restart(self) -> None:
         """Kill running blocks and start afresh, keeping the work dir."""
@@ -230,12 +164,7 @@ class BaseCommandLineExecutor:
         """Cancel the running calls and wait (bounded) until they have returned their results."""
         from ._protocol import END_GRACE
 
-        with self._lock:
-            running = list(self._running)
-        for cancel in running:
-            cancel.set()
-        with self._idle:
-            self._idle.wait_for(lambda: not self._running, END_GRACE)
+        self._calls.cancel_all(END_GRACE)
 
     def _release_backend(self) -> None:
         with self._lock:
@@ -289,195 +218,115 @@ class BaseCommandLineExecutor:
 
         Cancelling the awaiting task kills the running block's processes, then re-raises.
         """
-        import asyncio
-        import contextlib
-
-        from ._client import Cancel
+        from ._client import in_thread_cancellable
 
         blocks = coerce_blocks(code_blocks)
-        cancel = Cancel()
-        future = asyncio.get_running_loop().run_in_executor(None, self._execute, blocks, cancel)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            cancel.set()
-            # Wait until the code is really dead before letting the cancellation go on.
-            while not future.done():
-                with contextlib.suppress(BaseException):  # the worker's outcome is moot now
-                    await asyncio.shield(future)
-            raise
+        return await in_thread_cancellable(lambda cancel: self._execute(blocks, cancel))
 
     def _execute(self, blocks: list[CodeBlock], cancel: Cancel | None) -> CommandLineCodeResult:
         from ._client import Cancel
 
         backend = self._live_backend()
         cancel = cancel or Cancel()
-        with self._lock:
-            self._running.add(cancel)
-        try:
+        with self._calls.track(cancel):
             return self._run_blocks(backend, blocks, cancel)
-        finally:
-            with self._idle:
-                self._running.discard(cancel)
-                self._idle.notify_all()
 
     def _run_blocks(self, backend: Backend, blocks: list[CodeBlock], cancel: Cancel) -> CommandLineCodeResult:
         """Plan the blocks, run them chained, stop at the first failure; delete generated files."""
         import contextlib
 
         from ._capture import OutputCapture
-        from ._protocol import RunRequest
+        from .blocks import plan
+        from .results import block_result
 
-        planned: list[tuple[CodeBlock, str, bool]] = []
-        requests: list[RunRequest] = []
-        refusal: tuple[str, str] | None = None  # (language, why): the first block that cannot start ends the plan
         env, clear_env = self._block_env()
-        for block in blocks:
-            language = self._languages.get(normalize_tag(block.language))
-            name = requested_filename(block.code)
-            if language is None:
-                refusal = (block.language, f"unknown language {block.language}\n")
-                break
-            try:
-                relative = (
-                    generated_filename(block.code, language.extension)
-                    if name is None
-                    else self._relative(name, backend.code_dir())
-                )
-            except FilenameOutsideWorkspace:
-                refusal = (block.language, f"Filename is not in the workspace: {name!r}\n")
-                break
-            planned.append((block, relative, name is None))
-            argv = language.argv("{file}", "{python}")
-            requests.append(RunRequest(0, argv, self._timeout, env, clear_env, relative, block.code))
+        planned, refusal = plan(blocks, self._languages, backend.code_dir(), self._timeout, env, clear_env)
         captures = [OutputCapture(self._max_output_bytes, self._on_output) for _ in planned]
         results: list[BlockResult] = []
         generated: list[str] = []
         try:
-            with contextlib.closing(backend.run(requests, captures, cancel)) as ends:
-                for (block, relative, is_generated), capture, end in zip(planned, captures, ends):
-                    results.append(self._result(backend, block, relative, capture, end))
-                    if is_generated and not end.not_started:
-                        generated.append(relative)
+            with contextlib.closing(backend.run([p.request for p in planned], captures, cancel)) as ends:
+                for step, capture, end in zip(planned, captures, ends):
+                    code_file = backend.code_file(step.relative)
+                    results.append(
+                        block_result(step.block, end, capture, code_file, self._timeout, backend.negative_signals)
+                    )
+                    if step.generated and not end.not_started:
+                        generated.append(step.relative)
                     if results[-1].exit_code != 0:
                         break
                 else:
                     if refusal is not None and not cancel.is_set():
-                        results.append(self._not_started(*refusal))
+                        language, message = refusal
+                        if self._on_output is not None:
+                            self._on_output(message.encode("utf-8"))  # streamed like any output
+                        results.append(BlockResult(language, 1, message, None))
         finally:
             if generated and self._delete_generated and backend.alive:
                 backend.delete(generated)
         return CommandLineCodeResult.from_blocks(results)
 
-    @staticmethod
-    def _relative(name: str, code_dir: str) -> str:
-        """A ``# filename:`` as a path relative to the work dir, lexically; raises FilenameOutsideWorkspace.
-
-        Symlinks are not resolved here: the supervisor writes without following any.
-        """
-        real = os.path.realpath(code_dir)
-        if name.startswith("/") and real != code_dir and name.startswith(real.rstrip("/") + "/"):
-            return container_relative_path(name, real)
-        return container_relative_path(name, code_dir)
-
-    def _result(
-        self, backend: Backend, block: CodeBlock, relative: str, capture: OutputCapture, end: BlockEnd
-    ) -> BlockResult:
-        """Turn the supervisor's report into a BlockResult, with ccexec's notes."""
-        if end.not_started:
-            return BlockResult(block.language, end.exit_code or 1, capture.text(), None, end.duration)
-        exit_code = 1 if end.exit_code is None and end.signal is None else end.exit_code or 0
-        if end.signal is not None:
-            exit_code = -end.signal if backend.negative_signals else 128 + end.signal
-        if end.note:
-            capture.add_note(end.note)
-        if end.timed_out:
-            exit_code = TIMEOUT_EXIT_CODE
-            capture.add_note(f"Timeout: the block ran longer than {self._timeout:g} s and was stopped\n")
-        elif end.cancelled:
-            capture.add_note("Cancelled: the block was stopped before it finished\n")
-        elif end.oom:
-            capture.add_note("ccexec: the process was killed: out of memory (the container's memory limit)\n")
-        elif end.signal is not None:
-            capture.add_note(f"ccexec: the process was killed by a signal ({describe_exit(exit_code)})\n")
-        return BlockResult(
-            language=block.language,
-            exit_code=exit_code,
-            output=capture.text(),
-            code_file=backend.code_file(relative),
-            duration=end.duration,
-            timed_out=end.timed_out,
-            truncated=capture.truncated,
-        )
-
     def _block_env(self) -> tuple[dict[str, str], bool]:
         """The blocks' environment: (variables, whether they replace the supervisor's)."""
         raise NotImplementedError
 
-    def _not_started(self, language: str, message: str) -> BlockResult:
-        """Return (and stream) the result of a block that never started."""
-        if self._on_output is not None:
-            self._on_output(message.encode("utf-8"))
-        return BlockResult(language=language, exit_code=1, output=message, code_file=None)
-
     def _ensure_functions(self, backend: Backend) -> None:
-        """Write the functions module, pip-install its packages and check it imports, once.
+        """Write the functions module, pip-install its packages and check it imports, once per backend.
 
         Raises FunctionSetupError (a ValueError) with pip's or Python's output on failure.
         """
         if not self._functions_ready:
+            from .functions import install
+
             with self._setup_lock:
                 if not self._functions_ready:  # another thread may have done it meanwhile
-                    self._install_functions(backend)
+                    env = self._block_env()
+                    install(self._functions, self._functions_module, backend, env, self._setup_timeout)
+                    self._functions_ready = True
 
-    def _install_functions(self, backend: Backend) -> None:
-        from .blocks import PYTHON
-        from .functions import module_source, required_packages
 
+class WorkDir:
+    """The executor's work dir: the one given (made absolute), or a temporary one made on first use."""
+
+    def __init__(self, given: str | os.PathLike[str] | None) -> None:
+        import threading
+
+        # Absolute now: children run with the work dir as cwd, and docker reads a relative
+        # mount source as a named volume.
+        self._given = None if given is None else _path(given).absolute()
+        self._temp: Any = None  # tempfile.TemporaryDirectory when none was given
+        self._lock = threading.Lock()
+
+    def path(self) -> Path:
+        """The work dir's path (a temporary directory is made here, when none was given)."""
+        with self._lock:
+            if self._given is not None:
+                return self._given
+            if self._temp is None:
+                import tempfile
+
+                self._temp = tempfile.TemporaryDirectory(prefix="ccexec-")
+            return _path(self._temp.name)
+
+    def create(self) -> None:
+        """Create it and its missing parents; raise InvalidArgumentError when that is not possible."""
+        work_dir = self.path()
         try:
-            source = module_source(self._functions)
-        except ValueError as exc:
-            raise FunctionSetupError(str(exc)) from exc
-        packages = required_packages(self._functions)
-        if packages:
-            pip = [PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *packages]
-            self._setup_step(backend, pip, None, f"pip install {' '.join(packages)}")
-        module_file = (f"{self._functions_module}.py", source)
-        check = [PYTHON, "-c", f"import {self._functions_module}"]
-        self._setup_step(backend, check, module_file, f"import {self._functions_module}")
-        self._functions_ready = True
+            work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidArgumentError(
+                f"cannot create work_dir {str(work_dir)!r}: {exc.strerror}; pass a writable directory as work_dir"
+            ) from exc
+        if not work_dir.is_dir():
+            raise InvalidArgumentError(f"work_dir {str(work_dir)!r} is not a directory")
 
-    def _setup_step(self, backend: Backend, argv: list[str], write: tuple[str, str] | None, what: str) -> None:
-        """Run one setup command on the backend (writing ``write`` = (name, text) first); raise if it fails."""
-        from ._capture import OutputCapture
-        from ._client import Cancel
-        from ._protocol import RunRequest
-
-        capture = OutputCapture(self._max_output_bytes)
-        env, clear_env = self._block_env()
-        path, code = write if write is not None else (None, "")
-        request = RunRequest(0, argv, self._setup_timeout, env, clear_env, path, code)
-        ends = backend.run([request], [capture], Cancel())
-        end = next(ends)
-        ends.close()
-        output = capture.text().strip()
-        if end.timed_out:
-            raise FunctionSetupError(
-                f"`{what}` did not finish within setup_timeout={self._setup_timeout:g} s and was killed; "
-                f"raise setup_timeout or preinstall the packages. Output:\n{output}",
-                output=output,
-            )
-        if end.exit_code != 0:
-            exit_code = end.exit_code if end.exit_code is not None else 128 + (end.signal or 0)
-            hint = ""
-            if "No module named pip" in output:
-                hint = " The interpreter has no pip: use a venv made with_pip=True or an image with pip."
-            raise FunctionSetupError(
-                f"`{what}` failed with exit code {exit_code} while setting up the user functions.{hint} "
-                f"Output:\n{output}",
-                output=output,
-                exit_code=exit_code,
-            )
+    def remove_temporary(self) -> bool:
+        """Remove the temporary work dir, if one was made; return whether one was."""
+        with self._lock:
+            temp, self._temp = self._temp, None
+        if temp is not None:
+            temp.cleanup()
+        return temp is not None
 
 
 def _primary_tag(table: Mapping[str, Language], language: Language) -> str:
@@ -495,3 +344,28 @@ async def _in_thread(func: Any) -> None:
     import asyncio
 
     await asyncio.get_running_loop().run_in_executor(None, func)
+
+
+def _check_arguments(
+    timeout: float, functions: Sequence[Any], functions_module: str, max_output_bytes: int, setup_timeout: float | None
+) -> float:
+    """Raise InvalidArgumentError for a bad argument; return the setup timeout to use."""
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 1:
+        raise InvalidArgumentError(f"timeout must be a number of seconds >= 1, got {timeout!r}")
+    if not isinstance(functions_module, str) or not functions_module.isidentifier():
+        raise InvalidArgumentError(
+            f"functions_module must be a valid Python identifier, got {functions_module!r}",
+        )
+    if not isinstance(max_output_bytes, int) or max_output_bytes < 1:
+        raise InvalidArgumentError(
+            f"max_output_bytes must be a positive int, got {max_output_bytes!r}",
+        )
+    if isinstance(functions, (str, bytes)) or not all(callable(f) or hasattr(f, "func") for f in functions):
+        raise InvalidArgumentError(
+            "functions must be a list of functions, FunctionWithRequirements or "
+            "FunctionWithRequirements.from_str(...) objects"
+        )
+    setup_timeout = timeout if setup_timeout is None else setup_timeout  # AutoGen uses the block timeout
+    if not isinstance(setup_timeout, (int, float)) or setup_timeout <= 0:
+        raise InvalidArgumentError(f"setup_timeout must be a positive number, got {setup_timeout!r}")
+    return float(setup_timeout)

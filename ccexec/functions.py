@@ -13,6 +13,10 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Sequence, TypeVar, Union
 
+if TYPE_CHECKING:
+    from ._protocol import BlockEnd
+    from .backends import Backend
+
 T = TypeVar("T")
 
 
@@ -215,3 +219,86 @@ def format_functions_for_prompt(functions: Sequence[UserFunction], module_name: 
 
     stubs = "\n\n".join(function_stub(function) for function in functions)
     return Template(template).substitute(module_name=module_name, functions=stubs)
+
+
+def install(
+    functions: Sequence[UserFunction],
+    module_name: str,
+    backend: Backend,
+    env: tuple[dict[str, str], bool],
+    setup_timeout: float,
+) -> None:
+    """Write ``module_name``.py, pip-install the functions' packages, check the module imports.
+
+    Each step runs on ``backend``, where the blocks run, with the blocks' environment ``env``
+    (variables, whether they replace the supervisor's). Raises FunctionSetupError with pip's
+    or Python's output when a step fails.
+    """
+    from .blocks import PYTHON
+    from .errors import FunctionSetupError
+
+    try:
+        source = module_source(functions)
+    except ValueError as exc:
+        raise FunctionSetupError(str(exc)) from exc
+    packages = required_packages(functions)
+    steps: list[tuple[list[str], tuple[str, str] | None, str]] = []
+    if packages:
+        pip = [PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *packages]
+        steps.append((pip, None, f"pip install {' '.join(packages)}"))
+    steps.append(([PYTHON, "-c", f"import {module_name}"], (f"{module_name}.py", source), f"import {module_name}"))
+    for argv, write, what in steps:
+        end, output = _setup_step(backend, argv, write, env, setup_timeout)
+        if end.timed_out:
+            raise FunctionSetupError(
+                f"`{what}` did not finish within setup_timeout={setup_timeout:g} s and was killed; "
+                f"raise setup_timeout or preinstall the packages. Output:\n{output}",
+                output=output,
+            )
+        if end.exit_code != 0:
+            exit_code = end.exit_code if end.exit_code is not None else 128 + (end.signal or 0)
+            hint = ""
+            if "No module named pip" in output:
+                hint = " The interpreter has no pip: use a venv made with_pip=True or an image with pip."
+            raise FunctionSetupError(
+                f"`{what}` failed with exit code {exit_code} while setting up the user functions.{hint} "
+                f"Output:\n{output}",
+                output=output,
+                exit_code=exit_code,
+            )
+
+
+def _setup_step(
+    backend: Backend, argv: list[str], write: tuple[str, str] | None, env: tuple[dict[str, str], bool], timeout: float
+) -> tuple[BlockEnd, str]:
+    """Run one setup command on the backend (writing ``write`` = (name, text) first); return its end and output."""
+    from ._capture import OutputCapture
+    from ._client import Cancel
+    from ._protocol import RunRequest
+
+    capture = OutputCapture(1 << 20)
+    path, code = write if write is not None else (None, "")
+    ends = backend.run([RunRequest(0, argv, timeout, env[0], env[1], path, code)], [capture], Cancel())
+    try:
+        return next(ends), capture.text().strip()
+    finally:
+        ends.close()
+
+
+def system_message(tags: list[str], work_dir: str, timeout: float, timeout_exit: int, functions: str | None) -> str:
+    """The code writer's system message: languages, files, the work dir, limits, and the functions' prompt."""
+    lines = [
+        "You solve tasks by writing code that is run for you. Put each program in a fenced code block "
+        f"tagged with its language; the languages you can use are: {', '.join(tags)}.",
+        "Each block is saved to a file and run in a NEW process, in order, stopping at the first block "
+        "that fails. Nothing is shared between blocks except files: to pass data on, write it to a file.",
+        f"Every block runs with the working directory {work_dir}. To choose the file "
+        "name of a block, make its first line a comment like `# filename: name.py`; the name must stay "
+        "inside the working directory.",
+        f"Each block may run for {timeout:g} seconds; then it is stopped (exit code "
+        f"{timeout_exit}). Standard input is closed: do not ask for input. Print what you need to see; "
+        "you will get the output and the exit code back.",
+        "Write complete programs, not fragments to fill in; if a block fails, read the error and send a "
+        "corrected block.",
+    ]
+    return "\n\n".join([*lines, functions] if functions else lines)

@@ -8,6 +8,10 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import t
 if TYPE_CHECKING:
     from typing import ClassVar, Sequence
 
+    from ._capture import OutputCapture
+    from ._protocol import BlockEnd
+    from .blocks import CodeBlock
+
 #: Exit code reported for a block stopped at its deadline (as GNU ``timeout`` and AutoGen do).
 TIMEOUT_EXIT_CODE = 124
 
@@ -115,3 +119,32 @@ def describe_exit(exit_code: int) -> str:
         except ValueError:
             pass
     return f"exit code {exit_code}"
+
+
+def block_result(  # noqa: PLR0917 - what the supervisor reported, and how to present it
+    block: CodeBlock, end: BlockEnd, capture: OutputCapture, code_file: str, timeout: float, negative_signals: bool
+) -> BlockResult:
+    """Turn the supervisor's report into a BlockResult, with ccexec's notes in the output.
+
+    A signal is reported as ``-N`` when ``negative_signals`` (as subprocess does on the
+    host), else as ``128 + N`` (as shells and engines do); a timeout as TIMEOUT_EXIT_CODE.
+    """
+    if end.not_started:
+        return BlockResult(block.language, end.exit_code or 1, capture.text(), None, end.duration)
+    exit_code = 1 if end.exit_code is None and end.signal is None else end.exit_code or 0
+    if end.signal is not None:
+        exit_code = -end.signal if negative_signals else 128 + end.signal
+    if end.note:
+        capture.add_note(end.note)
+    if end.timed_out:
+        exit_code = TIMEOUT_EXIT_CODE
+        capture.add_note(f"Timeout: the block ran longer than {timeout:g} s and was stopped\n")
+    elif end.cancelled:
+        capture.add_note("Cancelled: the block was stopped before it finished\n")
+    elif end.oom:
+        capture.add_note("ccexec: the process was killed: out of memory (the container's memory limit)\n")
+    elif end.signal is not None:
+        capture.add_note(f"ccexec: the process was killed by a signal ({describe_exit(exit_code)})\n")
+    return BlockResult(
+        block.language, exit_code, capture.text(), code_file, end.duration, end.timed_out, capture.truncated
+    )
