@@ -61,8 +61,7 @@ def _client(cli: DockerCLI) -> Check:
 
 
 def _server(cli: DockerCLI) -> Check:
-    template = "{{.Server.Version}} (API {{.Server.APIVersion}})" if not cli.is_podman else "{{.Server.Version}}"
-    ok, found = _run(cli, "version", "--format", template)
+    ok, found = _run(cli, *cli.server_version_args())
     target = cli.target()
     if ok:
         return Check("engine", True, f"{found} via {target}")
@@ -76,18 +75,14 @@ def _server(cli: DockerCLI) -> Check:
 
 
 def _rootless(cli: DockerCLI) -> Check:
-    if cli.is_podman:
-        ok, found = _run(cli, "info", "--format", "{{.Host.Security.Rootless}}")
-        rootless = found == "true"
-    else:
-        ok, found = _run(cli, "info", "--format", "{{json .SecurityOptions}}")
-        rootless = "rootless" in found
+    ok, found = _run(cli, *cli.rootless_args())
+    rootless = found == "true" if cli.is_podman else "rootless" in found
     mode = "rootless" if rootless else "rootful (containers' root maps to the host's root)"
     return Check("rootless", ok, mode if ok else found)
 
 
 def _image(cli: DockerCLI, image: str) -> Check:
-    ok, found = _run(cli, "image", "inspect", "--format", "{{.Id}}", image)
+    ok, found = _run(cli, *cli.image_id_args(image))
     if ok:
         return Check("image", True, f"{image} present ({found[:19]})")
     return Check(
@@ -106,10 +101,7 @@ def _bind_mount(cli: DockerCLI, image: str) -> Check:
         with open(os.path.join(folder, "probe"), "w", encoding="utf-8") as handle:
             handle.write(token)
         os.chmod(folder, 0o755)
-        ok, found = _run(
-            cli, "run", "--rm", "--network", "none", "--volume", f"{folder}:/probe:ro", "--entrypoint", "cat",
-            image, "/probe/probe", deadline=120.0,
-        )  # fmt: skip
+        ok, found = _run(cli, *cli.mount_probe_args(folder, image), deadline=120.0)
     if ok and found == token:
         return Check("bind mounts", True, "the engine sees this host's paths: the work dir will be mounted")
     return Check(

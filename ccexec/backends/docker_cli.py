@@ -110,6 +110,39 @@ class DockerCLI:
         """``rm --force`` arguments; Podman would first wait 10 s on a process that ignores SIGTERM."""
         return ["rm", "--force", *(["--time", "0"] if self.is_podman else []), *names]
 
+    # -- queries: gc and doctor run these; no other module spells a docker flag
+
+    @staticmethod
+    def labelled_args(label: str) -> list[str]:
+        """``ps`` listing the full IDs (only) of all containers carrying ``label``."""
+        return ["ps", "--all", "--quiet", "--no-trunc", "--filter", f"label={label}"]
+
+    @staticmethod
+    def inspect_args(*ids: str) -> list[str]:
+        """``container inspect`` of containers: JSON on stdout."""
+        return ["container", "inspect", *ids]
+
+    def server_version_args(self) -> list[str]:
+        """``version`` printing the engine's version (and API version, for Docker)."""
+        template = "{{.Server.Version}}" if self.is_podman else "{{.Server.Version}} (API {{.Server.APIVersion}})"
+        return ["version", "--format", template]
+
+    def rootless_args(self) -> list[str]:
+        """``info`` printing whether the engine is rootless (Podman: true/false; Docker: its security options)."""
+        template = "{{.Host.Security.Rootless}}" if self.is_podman else "{{json .SecurityOptions}}"
+        return ["info", "--format", template]
+
+    @staticmethod
+    def image_id_args(image: str) -> list[str]:
+        """``image inspect`` printing the image's ID."""
+        return ["image", "inspect", "--format", "{{.Id}}", image]
+
+    @staticmethod
+    def mount_probe_args(folder: str, image: str) -> list[str]:
+        """``run`` reading ``folder``/probe through a read-only bind mount (does the engine see our paths?)."""
+        return ["run", "--rm", "--network", "none", "--volume", f"{folder}:/probe:ro", "--entrypoint", "cat",
+                image, "/probe/probe"]  # fmt: skip
+
     def remove_quietly(self, name: str) -> None:
         """Remove a container by force, ignoring failures (it may be gone already)."""
         with contextlib.suppress(DockerError):

@@ -70,14 +70,14 @@ def collect_garbage(cli: DockerCLI, *, dry_run: bool = False) -> list[str]:
 
 def _candidate_ids(cli: DockerCLI) -> list[str]:
     """Return the full IDs of every container carrying ccexec's label."""
-    done = cli.run("ps", "--all", "--quiet", "--no-trunc", "--filter", f"label={LABEL}")
+    done = cli.run(*cli.labelled_args(LABEL))
     ids = done.stdout.decode("ascii", "replace").split()
     return list(dict.fromkeys(i for i in ids if _CONTAINER_ID.fullmatch(i)))
 
 
 def _inspect(cli: DockerCLI, ids: Sequence[str]) -> list[object]:
     """Return the engine's inspect objects for ``ids``, skipping containers that vanished."""
-    done = cli.run("container", "inspect", *ids, check=False)
+    done = cli.run(*cli.inspect_args(*ids), check=False)
     if done.returncode == 0:
         return _inspect_objects(cli, ids, done.stdout)
     # One ID that vanished since `ps` fails the whole call (docker exits 1, podman 125), and
@@ -85,7 +85,7 @@ def _inspect(cli: DockerCLI, ids: Sequence[str]) -> list[object]:
     containers: list[object] = []
     for container_id in ids:
         try:
-            single = cli.run("container", "inspect", container_id)
+            single = cli.run(*cli.inspect_args(container_id))
         except ContainerGoneError:
             continue
         containers += _inspect_objects(cli, [container_id], single.stdout)
