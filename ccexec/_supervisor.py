@@ -51,7 +51,7 @@ try:  # imported from ccexec on the host (tests, tools)
         load_json,
     )
     from ._tree import PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, Block, Spare, kill_tree, oom_kills, prctl
-    from ._workdir import delete_file, write_file
+    from ._workdir import delete_file, scrub, write_file
 except ImportError:  # shipped as text after _protocol's: its names are defined already
     pass
 
@@ -261,6 +261,13 @@ class Supervisor(Blocks):
 
     # -- requests
 
+    def __init__(self):
+        # type: () -> None
+        Blocks.__init__(self)
+        # As root in a container whose work dir is a mount from the host, blocks could leave
+        # setuid-root files or device nodes there: strip them at the end of each call.
+        self.scrubs = os.getpid() == 1 and os.geteuid() == 0 and os.stat(".").st_dev != os.stat("..").st_dev
+
     def handle(self, kind, ident, payload):
         # type: (bytes, int, bytes) -> None
         if kind == b"R":
@@ -296,7 +303,9 @@ class Supervisor(Blocks):
         # type: (int, bool) -> None
         """Block ``ident`` ended: start or skip the block chained after it, or remember how it went."""
         chained = self.chained.pop(ident, None)
-        if chained is None:
+        if chained is None:  # the end of a call's chain
+            if self.scrubs:
+                scrub(self.root)
             self.outcomes[ident] = ok
             if len(self.outcomes) > 1000:  # ids nobody chains to
                 del self.outcomes[min(self.outcomes)]
