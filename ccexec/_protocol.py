@@ -128,11 +128,25 @@ def _fields(value, spec, what):
     return value
 
 
-class Hello:
+class _Message(object):
+    """A frame whose payload is a JSON object of the fields in SPEC."""
+
+    KIND = b""
+    SPEC = {}  # type: Dict[str, Tuple[Any, ...]]
+    ident = 0
+
+    def encode(self):
+        # type: () -> bytes
+        data = {key: getattr(self, key) for key in self.SPEC}
+        return frame(self.KIND, self.ident, _json.dumps(data).encode())
+
+
+class Hello(_Message):
     """The supervisor's first frame: protocol version, its interpreter, the guards it could set."""
 
     __slots__ = ("guards", "protocol", "python")
 
+    KIND = b"H"
     SPEC = {"protocol": (int,), "python": (str,), "guards": (list,)}
 
     def __init__(self, protocol, python, guards):
@@ -140,10 +154,6 @@ class Hello:
         self.protocol = protocol
         self.python = python
         self.guards = guards
-
-    def encode(self):
-        # type: () -> bytes
-        return _json.dumps({"protocol": self.protocol, "python": self.python, "guards": self.guards}).encode()
 
     @classmethod
     def decode(cls, payload):
@@ -154,7 +164,7 @@ class Hello:
         return cls(data["protocol"], data["python"], data["guards"])
 
 
-class RunRequest:
+class RunRequest(_Message):
     """Run one block: write ``code`` to ``path`` (relative to the work dir) if given, run ``argv``.
 
     ``argv`` may hold the placeholders ``{file}`` (the written file) and ``{python}`` (the
@@ -164,6 +174,7 @@ class RunRequest:
 
     __slots__ = ("after", "argv", "clear_env", "code", "env", "ident", "path", "timeout")
 
+    KIND = b"R"
     SPEC = {
         "argv": (list,),
         "path": (str, None),
@@ -185,11 +196,6 @@ class RunRequest:
         self.code = code
         self.after = after
 
-    def encode(self):
-        # type: () -> bytes
-        data = {key: getattr(self, key) for key in self.SPEC}
-        return frame(b"R", self.ident, _json.dumps(data).encode())
-
     @classmethod
     def decode(cls, ident, payload):
         # type: (int, bytes) -> RunRequest
@@ -204,7 +210,7 @@ class RunRequest:
         )  # fmt: skip
 
 
-class BlockEnd:
+class BlockEnd(_Message):
     """How a block ended, as the supervisor saw it.
 
     Exactly one of ``exit_code`` (the leader exited) and ``signal`` (it was killed) is set,
@@ -217,6 +223,7 @@ class BlockEnd:
     __slots__ = ("cancelled", "duration", "exit_code", "ident", "not_started", "note", "oom", "signal",
                  "skipped", "timed_out")  # fmt: skip
 
+    KIND = b"E"
     SPEC = {
         "exit_code": (int, None),
         "signal": (int, None),
@@ -246,11 +253,6 @@ class BlockEnd:
     def __repr__(self):
         # type: () -> str
         return "BlockEnd(%s)" % ", ".join("%s=%r" % (key, getattr(self, key)) for key in ("ident", *self.SPEC))
-
-    def encode(self):
-        # type: () -> bytes
-        data = {key: getattr(self, key) for key in self.SPEC}
-        return frame(b"E", self.ident, _json.dumps(data).encode())
 
     @classmethod
     def decode(cls, ident, payload):

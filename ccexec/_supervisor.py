@@ -376,7 +376,7 @@ def main():
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
     supervisor = Supervisor()
-    send(frame(b"H", 0, Hello(VERSION, sys.executable, guards).encode()))
+    send(Hello(VERSION, sys.executable, guards).encode())
     supervisor.loop()
 
 

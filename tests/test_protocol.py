@@ -32,7 +32,7 @@ from ccexec._protocol import (
 from ccexec.backends.host import Attached
 from ccexec.errors import CcexecError, ProtocolViolationError, SupervisorGoneError
 
-HELLO = frame(b"H", 0, Hello(VERSION, sys.executable, []).encode())
+HELLO = Hello(VERSION, sys.executable, []).encode()
 GOOD_END = {
     "exit_code": 0,
     "signal": None,
@@ -178,7 +178,7 @@ HOSTILE_STREAMS = {
     "an end with a string exit code": HELLO + frame(b"E", 1, json.dumps({**GOOD_END, "exit_code": "0"}).encode()),
     "output before hello": frame(b"O", 1, b"PASS\n"),
     "a second hello": HELLO + HELLO,
-    "another protocol version": frame(b"H", 0, Hello(VERSION + 1, "x", []).encode()),
+    "another protocol version": Hello(VERSION + 1, "x", []).encode(),
 }
 
 

@@ -9,39 +9,30 @@ sleeps instead, and the supervisor is attached with ``docker exec -i``.
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
-import threading
 import time
-from typing import Generator, Sequence
 
 from .._capture import OutputCapture
 from .._client import Cancel
-from .._protocol import END_GRACE, BlockEnd, RunRequest
+from .._protocol import END_GRACE, RunRequest
 from ..errors import ContainerGoneError, DockerError, DockerTimeoutError
 from . import docker_cli
 from .docker_cli import WORKSPACE, ContainerSpec, DockerCLI
-from .host import Attached, supervisor_source
+from .host import Attached, SupervisedBackend, supervisor_source
 
 #: Seconds stop() waits for the attached client to end before removing the container by force.
 STOP_DEADLINE = 10.0
 
 
-class DockerBackend:
+class DockerBackend(SupervisedBackend):
     """Blocks run under the supervisor inside one container."""
 
     negative_signals = False
 
     def __init__(self, cli: DockerCLI, spec: ContainerSpec) -> None:
+        super().__init__()
         self._cli = cli
         self._spec = spec
-        self._attached: Attached | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def alive(self) -> bool:
-        attached = self._attached
-        return attached is not None and attached.client.alive
 
     def start(self) -> None:
         """Start the container and its supervisor, run init_command; raise a DockerError saying why not."""
@@ -106,29 +97,14 @@ class DockerBackend:
             code = end.exit_code if end.exit_code is not None else f"signal {end.signal}"
             raise DockerError(f"init_command {command!r} failed with exit code {code}: {output}", output=output)
 
-    def run(
-        self, requests: Sequence[RunRequest], captures: Sequence[OutputCapture], cancel: Cancel
-    ) -> Generator[BlockEnd, None, None]:
-        attached = self._attached
-        if attached is None:
-            raise ContainerGoneError(container=self._spec.name, reason="it was stopped")
-        return attached.client.run(requests, captures, cancel)
-
-    def delete(self, paths: list[str]) -> None:
-        if self._attached is not None:
-            self._attached.client.delete(paths, END_GRACE)
+    def _stopped(self) -> ContainerGoneError:
+        return ContainerGoneError(container=self._spec.name, reason="it was stopped")
 
     def code_file(self, relative: str) -> str:
-        if self._spec.mount is not None:
-            return os.path.join(self._spec.host_work_dir, relative)
-        return f"{WORKSPACE}/{relative}"
+        return self._spec.code_file(relative)
 
     def code_dir(self) -> str:
         return WORKSPACE
-
-    def stop(self) -> None:
-        with self._lock:
-            self._release()
 
     def _release(self, grace: float = STOP_DEADLINE) -> None:
         """Close the supervisor's stdin (the container ends); remove it by force if anything went wrong."""

@@ -59,6 +59,12 @@ class ContainerSpec:
         self.secrets, self.mount, self.host_work_dir = dict(secrets), mount, host_work_dir
         self.auto_remove, self.keep, self.init_command, self.owner = auto_remove, keep, init_command, owner
 
+    def code_file(self, relative: str) -> str:
+        """A block's file as the user can open it: on this host when mounted, else in the container."""
+        if self.mount is not None:
+            return os.path.join(self.host_work_dir, relative)
+        return f"{WORKSPACE}/{relative}"
+
     def prepare_mount(self) -> None:
         """Let the container's unprivileged user write the mounted work dir (when we are root)."""
         if self.owner is not None and self.mount is not None and os.geteuid() == 0:

@@ -167,9 +167,7 @@ class ExecBackend:
             self._cli.run(*self._cli.exec_args(self._spec.name, "rm", "-f", "--", *names), check=False)
 
     def code_file(self, relative: str) -> str:
-        if self._spec.mount is not None:
-            return os.path.join(self._spec.host_work_dir, relative)
-        return f"{WORKSPACE}/{relative}"
+        return self._spec.code_file(relative)
 
     def code_dir(self) -> str:
         return WORKSPACE

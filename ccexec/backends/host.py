@@ -111,15 +111,10 @@ def _end(client: SupervisorClient, proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-class HostBackend:
-    """Blocks run under a supervisor process started with ``python`` (the venv's, when given)."""
+class SupervisedBackend:
+    """What every backend with a supervisor shares: the attached process, and calls through its client."""
 
-    negative_signals = True
-    _where = "the local executor"
-
-    def __init__(self, work_dir: str, python: str) -> None:
-        self._work_dir = work_dir
-        self._python = python
+    def __init__(self) -> None:
         self._attached: Attached | None = None
         self._lock = threading.Lock()
 
@@ -127,6 +122,41 @@ class HostBackend:
     def alive(self) -> bool:
         attached = self._attached
         return attached is not None and attached.client.alive
+
+    def run(
+        self, requests: Sequence[RunRequest], captures: Sequence[OutputCapture], cancel: Cancel
+    ) -> Generator[BlockEnd, None, None]:
+        attached = self._attached
+        if attached is None:
+            raise self._stopped()
+        return attached.client.run(requests, captures, cancel)
+
+    def delete(self, paths: list[str]) -> None:
+        if self._attached is not None:
+            self._attached.client.delete(paths, END_GRACE)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def _stopped(self) -> SupervisorGoneError:
+        """The error for a call after stop()."""
+        raise NotImplementedError
+
+
+class HostBackend(SupervisedBackend):
+    """Blocks run under a supervisor process started with ``python`` (the venv's, when given)."""
+
+    negative_signals = True
+    _where = "the local executor"
+
+    def __init__(self, work_dir: str, python: str) -> None:
+        super().__init__()
+        self._work_dir = work_dir
+        self._python = python
 
     def start(self) -> None:
         with self._lock:
@@ -144,27 +174,14 @@ class HostBackend:
                     where=self._where, reason=f"{self._python}: {reason}"
                 )
 
-    def run(
-        self, requests: Sequence[RunRequest], captures: Sequence[OutputCapture], cancel: Cancel
-    ) -> Generator[BlockEnd, None, None]:
-        attached = self._attached
-        if attached is None:
-            raise SupervisorGoneError(where=self._where, reason="it was stopped")
-        return attached.client.run(requests, captures, cancel)
-
-    def delete(self, paths: list[str]) -> None:
-        if self._attached is not None:
-            self._attached.client.delete(paths, END_GRACE)
+    def _stopped(self) -> SupervisorGoneError:
+        return SupervisorGoneError(where=self._where, reason="it was stopped")
 
     def code_file(self, relative: str) -> str:
         return os.path.join(self._work_dir, relative)
 
     def code_dir(self) -> str:
         return self._work_dir
-
-    def stop(self) -> None:
-        with self._lock:
-            self._release()
 
     def _release(self) -> None:
         attached, self._attached = self._attached, None
