@@ -25,6 +25,8 @@ except ImportError:  # shipped as text after _protocol's: its names are defined 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
+PR_CAPBSET_DROP = 24
+CAP_SYS_PTRACE = 19
 #: Every signal but SIGKILL and SIGSTOP: reset to their defaults in each block.
 SIGNALS = tuple(n for n in signal.valid_signals() if n not in (signal.SIGKILL, signal.SIGSTOP))
 
@@ -147,6 +149,9 @@ def shepherd(command_read, out_write, status_write):
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    # A root block keeps its powers, but not the one that reads a non-dumpable process's fds and
+    # memory: the supervisor's channel stays out of its reach (a no-op for other users).
+    prctl(PR_CAPBSET_DROP, CAP_SYS_PTRACE)
     keep = (command_read, out_write, status_write)
     for name in os.listdir("/proc/self/fd"):  # the protocol pipes and other blocks' pipes
         if int(name) > 2 and int(name) not in keep:
