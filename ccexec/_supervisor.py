@@ -21,7 +21,6 @@ Files are written with ``openat`` and ``O_NOFOLLOW`` on every component, so a sy
 block planted cannot redirect the supervisor outside the work dir.
 """
 
-import json
 import os
 import select
 import sys
@@ -50,7 +49,7 @@ try:  # imported from ccexec on the host (tests, tools)
         frame,
         load_json,
     )
-    from ._tree import PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, Block, Spare, kill_tree, oom_kills, prctl
+    from ._tree import PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, Block, Shepherd, kill_tree, oom_kills, prctl
     from ._workdir import delete_file, scrub, write_file
 except ImportError:  # shipped as text after _protocol's: its names are defined already
     pass
@@ -72,19 +71,21 @@ def send(data):
 
 
 class Blocks:
-    """The running blocks: start each under a shepherd, stop, kill, reap, drain and report them."""
+    """The running blocks: start each under a shepherd, stop, kill, drain and report them."""
 
     def __init__(self):
         # type: () -> None
         self.root = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
         self.root_path = os.getcwd()
         self.blocks = {}  # type: Dict[int, Block]
-        self.by_shepherd = {}  # type: Dict[int, Block]
-        self.chained = {}  # type: Dict[int, RunRequest]
-        self.outcomes = {}  # type: Dict[int, bool]
-        self.parser = FrameParser(TO_SUPERVISOR)
+        self.shepherds = {}  # type: Dict[int, Shepherd]  # every live one, busy or idle, by pid
+        self.idle = []  # type: List[Shepherd]
         self.strays = False
-        self.spare = None  # type: Optional[Spare]
+        self.chained = {}  # type: Dict[int, RunRequest]  # by the id of the block it waits for
+        self.outcomes = {}  # type: Dict[int, bool]  # ended blocks nothing was chained to yet
+        # As root in a container whose work dir is a mount from the host, blocks could leave
+        # setuid-root files or device nodes there: strip them at the end of each call.
+        self.scrubs = os.getpid() == 1 and os.geteuid() == 0 and os.stat(".").st_dev != os.stat("..").st_dev
         wake_read, wake_write = os.pipe()
         os.set_blocking(wake_write, False)
         signal.set_wakeup_fd(wake_write)
@@ -97,11 +98,9 @@ class Blocks:
         send(BlockEnd(ident, exit_code=exit_code, not_started=True).encode())
         self.settle(ident, False)
 
-    # -- the loop
-
     def start(self, request):
         # type: (RunRequest) -> None
-        """Write the block's file, fork its shepherd."""
+        """Write the block's file, hand the block to an idle shepherd (a new one if none is idle)."""
         argv = [sys.executable if part == "{python}" else part for part in request.argv]
         if request.path is not None:
             try:
@@ -113,33 +112,27 @@ class Blocks:
             file_path = os.path.join(self.root_path, request.path)
             argv = [file_path if part == "{file}" else part for part in argv]
         env = dict(request.env) if request.clear_env else dict(os.environ, **request.env)
-        command = json.dumps([argv, env]).encode("utf-8", "surrogatepass")
-        spare = self.take_spare()
         oom_before = oom_kills()
-        try:
-            view = memoryview(command)
-            while view:
-                view = view[os.write(spare.command, view) :]
-        except OSError:  # a block killed the spare: the fresh one below gets it (the dead one is reaped)
-            spare = self.take_spare()
-            os.write(spare.command, command)
-        os.close(spare.command)
-        block = Block(request, spare.pid, spare.out_read, spare.status_read, oom_before)
-        self.blocks[block.ident] = block
-        self.by_shepherd[spare.pid] = block
-        self.fork_spare()  # now, on the other core, while the block starts: off the next block's path
+        shepherd = self.take_shepherd()
+        while not shepherd.send(argv, env):  # a block killed it while it was idle
+            self.drop(shepherd)
+            shepherd = self.take_shepherd()
+        self.blocks[request.ident] = Block(request, shepherd, oom_before)
 
-    def take_spare(self):
-        # type: () -> Spare
-        """The shepherd forked ahead of need (a new one if there is none)."""
-        spare = self.spare or Spare.fork()
-        self.spare = None
-        return spare
+    def take_shepherd(self):
+        # type: () -> Shepherd
+        if self.idle:
+            return self.idle.pop()
+        shepherd = Shepherd.fork()
+        self.shepherds[shepherd.pid] = shepherd
+        return shepherd
 
-    def fork_spare(self):
-        # type: () -> None
-        """Fork the next block's shepherd now (forking costs ~0.5-1 ms: not on a block's path)."""
-        self.spare = Spare.fork()
+    def drop(self, shepherd):
+        # type: (Shepherd) -> None
+        """Kill a shepherd that cannot be trusted any more (its death is reaped later)."""
+        shepherd.discard()
+        if shepherd in self.idle:
+            self.idle.remove(shepherd)
 
     # -- ending blocks
 
@@ -148,73 +141,69 @@ class Blocks:
         """Timeout or cancel: SIGTERM the block's processes now, SIGKILL them TERM_GRACE later."""
         if block.kill_at is None:
             block.timed_out, block.cancelled = timed_out, not timed_out
-            kill_tree({block.shepherd}, sig=signal.SIGTERM)
+            kill_tree({block.shepherd.pid}, sig=signal.SIGTERM)
             block.kill_at = time.monotonic() + TERM_GRACE
-
-    def finish(self, block):
-        # type: (Block) -> None
-        """The shepherd is gone: drain the output, report the end."""
-        status = None
-        try:
-            data = os.read(block.status_fd, 64)
-            status = int(data) if data.isdigit() else None
-        except OSError:
-            pass
-        os.close(block.status_fd)
-        shepherd = block.shepherd_status or 0
-        note = ""
-        if status is None and os.WIFEXITED(shepherd) and os.WEXITSTATUS(shepherd) == 127:
-            status = 127 << 8  # the block could not start; the shepherd wrote why
-        elif status is None:  # killed by us at the deadline, or by the block itself
-            self.sweep_orphans()
-            if not (block.timed_out or block.cancelled):
-                note = "ccexec: the block killed its supervising process; everything it started was killed\n"
-        self.drain(block)
-        end = block.end(status, note)
-        send(end.encode())
-        self.settle(block.ident, end.exit_code == 0 and not block.timed_out and not block.cancelled)
-
-    def drain(self, block):
-        # type: (Block) -> None
-        end = time.monotonic() + DRAIN_LIMIT
-        while block.out_fd >= 0 and time.monotonic() < end:
-            ready, _, _ = select.select([block.out_fd], [], [], max(0.0, end - time.monotonic()))
-            if not ready or not self.forward(block):
-                break
-        if block.out_fd >= 0:
-            os.close(block.out_fd)
-            block.out_fd = -1
-
-    def forward(self, block):
-        # type: (Block) -> bool
-        """Send one chunk of the block's output; at EOF close the pipe and return False."""
-        chunk = os.read(block.out_fd, CHUNK)
-        if chunk:
-            send(frame(b"O", block.ident, chunk))
-            return True
-        os.close(block.out_fd)
-        block.out_fd = -1
-        return False
-
-    def sweep_orphans(self):
-        # type: () -> None
-        """Kill every process we adopted: a child we did not fork is an orphan of a killed shepherd."""
-        self.strays = False
-        spare = () if self.spare is None else (self.spare.pid,)
-        kill_tree({os.getpid()}, exclude=tuple(self.by_shepherd) + spare, reap=self.reap)
 
     def kill_block(self, block):
         # type: (Block) -> None
-        """SIGKILL the block's tree, then its shepherd (whose end is collected by reap)."""
-        kill_tree({block.shepherd}, reap=self.reap)
+        """SIGKILL the block's tree; its shepherd, continued if a block stopped it, then reports."""
+        kill_tree({block.shepherd.pid}, reap=self.reap)
         try:
-            os.kill(block.shepherd, signal.SIGKILL)
+            os.kill(block.shepherd.pid, signal.SIGCONT)
         except OSError:
             pass
 
+    def finish(self, block):
+        # type: (Block) -> None
+        """The shepherd reported (or died): forward the rest of the output, report the end."""
+        shepherd = block.shepherd
+        status = shepherd.read_status()
+        note = ""
+        if status is None:  # the shepherd died: a block killed it, or we did after it hung
+            self.drop(shepherd)
+            self.sweep_orphans()
+            if not (block.timed_out or block.cancelled):
+                note = "ccexec: the block killed its supervising process; everything it started was killed\n"
+        self.drain(block, shepherd.out_read)
+        end = block.end(status, note)
+        if shepherd.alive:
+            self.idle.append(shepherd)
+            while len(self.idle) > 2:  # enough for a few concurrent calls; the rest exit at EOF
+                self.idle.pop(0).discard()
+        ok = end.exit_code == 0 and not block.timed_out and not block.cancelled
+        if self.scrubs and (not ok or block.ident not in self.chained):  # the call ends: scrub first
+            scrub(self.root)
+        send(end.encode())
+        self.settle(block.ident, ok)
+
+    def drain(self, block, fd):
+        # type: (Block, int) -> None
+        """Forward what is left in the output pipe: all of it when the writers are all dead."""
+        end = time.monotonic() + DRAIN_LIMIT
+        while time.monotonic() < end and self.forward(block.ident, fd):
+            pass
+
+    def forward(self, ident, fd):
+        # type: (int, int) -> bool
+        """Send one chunk of output; return False when there is none now (or the pipe is closed)."""
+        try:
+            chunk = os.read(fd, CHUNK)
+        except (BlockingIOError, OSError):
+            return False
+        if chunk:
+            send(frame(b"O", ident, chunk))
+        return bool(chunk)
+
+    def sweep_orphans(self):
+        # type: () -> None
+        """Kill every process we adopted: a child that is no live shepherd is an orphan of a killed one."""
+        self.strays = False
+        live = tuple(pid for pid, shepherd in self.shepherds.items() if shepherd.alive)
+        kill_tree({os.getpid()}, exclude=live, reap=self.reap)
+
     def reap(self):
         # type: () -> None
-        """Collect ended shepherds and adopted orphans; continue stopped shepherds."""
+        """Collect dead shepherds and adopted orphans; continue stopped shepherds."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG | os.WUNTRACED)
@@ -222,31 +211,25 @@ class Blocks:
                 return
             if pid == 0:
                 return
-            block = self.by_shepherd.get(pid)
-            spare = self.spare is not None and pid == self.spare.pid
-            if os.WIFSTOPPED(status):
-                if block is not None or spare:
-                    os.kill(pid, signal.SIGCONT)  # a block stopped a shepherd of ours
-                else:
-                    self.strays = True
-            elif spare and self.spare is not None:
-                self.spare.discard()  # a block killed it; the next block forks another
-                self.spare = None
-            elif block is None:
-                self.strays = True  # an orphan ended: there may be more of them
+            shepherd = self.shepherds.get(pid)
+            if os.WIFSTOPPED(status) and shepherd is not None:
+                os.kill(pid, signal.SIGCONT)  # a block stopped a shepherd of ours
+            elif shepherd is not None:
+                del self.shepherds[pid]
+                if shepherd in self.idle:
+                    self.drop(shepherd)
+                # a busy one: its status pipe reads EOF, and finish() handles the rest
             else:
-                block.shepherd_status = status
-                del self.by_shepherd[pid]
+                self.strays = True  # an orphan: there may be more of them
 
     def shutdown(self):
         # type: () -> None
-        """The host is gone: kill every block's tree and exit."""
+        """The host is gone: kill every block's tree and every shepherd, and exit."""
         for block in list(self.blocks.values()):
-            if block.ident in self.blocks and block.shepherd in self.by_shepherd:
-                self.kill_block(block)
-        if self.spare is not None:
-            self.spare.discard()  # it reads EOF and exits; the sweep kills it if it does not
-            self.spare = None
+            kill_tree({block.shepherd.pid}, limit=0.5)
+        for shepherd in list(self.shepherds.values()):
+            shepherd.discard()
+        self.shepherds.clear()
         self.sweep_orphans()
         os._exit(0)
 
@@ -264,9 +247,7 @@ class Supervisor(Blocks):
     def __init__(self):
         # type: () -> None
         Blocks.__init__(self)
-        # As root in a container whose work dir is a mount from the host, blocks could leave
-        # setuid-root files or device nodes there: strip them at the end of each call.
-        self.scrubs = os.getpid() == 1 and os.geteuid() == 0 and os.stat(".").st_dev != os.stat("..").st_dev
+        self.parser = FrameParser(TO_SUPERVISOR)
 
     def handle(self, kind, ident, payload):
         # type: (bytes, int, bytes) -> None
@@ -303,9 +284,7 @@ class Supervisor(Blocks):
         # type: (int, bool) -> None
         """Block ``ident`` ended: start or skip the block chained after it, or remember how it went."""
         chained = self.chained.pop(ident, None)
-        if chained is None:  # the end of a call's chain
-            if self.scrubs:
-                scrub(self.root)
+        if chained is None:
             self.outcomes[ident] = ok
             if len(self.outcomes) > 1000:  # ids nobody chains to
                 del self.outcomes[min(self.outcomes)]
@@ -319,37 +298,39 @@ class Supervisor(Blocks):
         # type: () -> None
         while True:
             wait = self.tick(time.monotonic())
-            readers = [0, self.wake] + [b.out_fd for b in self.blocks.values() if b.out_fd >= 0]
-            ready, _, _ = select.select(readers, [], [], wait)
+            outputs = {b.shepherd.out_read: b for b in self.blocks.values()}
+            statuses = {b.shepherd.status_read: b for b in self.blocks.values()}
+            ready, _, _ = select.select([0, self.wake, *outputs, *statuses], [], [], wait)
             for fd in ready:
                 if fd == 0:
                     self.read_requests()
                 elif fd == self.wake:
                     os.read(self.wake, 4096)
-                else:
-                    for block in list(self.blocks.values()):
-                        if block.out_fd == fd:
-                            self.forward(block)
+                elif fd in outputs:
+                    self.forward(outputs[fd].ident, fd)
             self.reap()
             if self.strays:
                 self.sweep_orphans()
+            for fd in ready:
+                block = statuses.get(fd)
+                if block is not None and self.blocks.pop(block.ident, None) is not None:
+                    self.finish(block)
 
     def tick(self, now):
         # type: (float) -> float
-        """Finish ended blocks, act on deadlines; return how long the loop may sleep."""
+        """Act on deadlines; return how long the loop may sleep."""
         wait = 1.0
         for block in list(self.blocks.values()):
-            if block.shepherd_status is not None:
-                del self.blocks[block.ident]
-                self.finish(block)
-                wait = 0.0  # a chained block may have started: look again at once
-            elif block.kill_at is not None and now >= block.kill_at:
-                self.kill_block(block)
-                block.kill_at = now + 1.0  # until its death is reaped
+            if block.kill_at is not None and now >= block.kill_at:
+                block.kill_rounds += 1
+                if block.kill_rounds > 3:
+                    self.drop(block.shepherd)  # it does not report: hung, or stopped again and again
+                else:
+                    self.kill_block(block)
+                block.kill_at = now + 1.0  # look again until it reports
             elif block.kill_at is None and now >= block.deadline:
                 self.stop(block, timed_out=True)
-            if block.ident in self.blocks:
-                wait = min(wait, max(0.0, (block.kill_at or block.deadline) - now))
+            wait = min(wait, max(0.0, (block.kill_at or block.deadline) - now))
         return wait
 
     def read_requests(self):

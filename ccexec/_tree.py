@@ -109,6 +109,21 @@ def kill_tree(roots, sig=None, limit=None, exclude=(), reap=None):
         time.sleep(0.001)
 
 
+def reap_all(limit):
+    # type: (float) -> bool
+    """Reap our exited children for up to ``limit`` seconds; return whether none is left."""
+    end = time.monotonic() + limit
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if pid == 0:
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.001)
+
+
 def reap_any():
     # type: () -> None
     """Reap our exited children that nobody waits for (orphans we adopted)."""
@@ -135,12 +150,12 @@ def which(program, env):
 
 def shepherd(command_read, out_write, status_write):
     # type: (int, int, int) -> None
-    """In a child forked ahead of need: become a subreaper, wait for the block, run it, reap it, kill
-    what it left, report.
+    """In a forked child: become a subreaper, then run blocks one after another until EOF.
 
-    The block comes on ``command_read`` as JSON ``[argv, env]`` followed by EOF (nothing: exit
-    unused). Writes the leader's wait status to ``status_write`` then exits 0; exit 127 after
-    writing the error when the block cannot start.
+    Each block comes on ``command_read`` as ``LENGTH\n`` + JSON ``[argv, env]``; its wait
+    status goes back on ``status_write`` as ``STATUS\n`` once the block and everything it
+    started are dead, so the shepherd can take the next one. If something survived, the
+    shepherd exits after reporting (it is not reused).
     """
     signal.set_wakeup_fd(-1)
     for number in SIGNALS:
@@ -162,21 +177,34 @@ def shepherd(command_read, out_write, status_write):
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
-    command = b""
+    pending = b""
     while True:
-        chunk = os.read(command_read, 1 << 16)
-        if not chunk:
-            break
-        command += chunk
-    if not command:
-        os._exit(0)
-    argv, env = json.loads(command)
-    run_leader(argv, env, out_write, status_write)
+        while b"\n" not in pending:
+            chunk = os.read(command_read, 1 << 16)
+            if not chunk:
+                os._exit(0)  # the supervisor is done with us
+            pending += chunk
+        header, pending = pending.split(b"\n", 1)
+        while len(pending) < int(header):
+            chunk = os.read(command_read, 1 << 16)
+            if not chunk:
+                os._exit(0)
+            pending += chunk
+        command, pending = pending[: int(header)], pending[int(header) :]
+        argv, env = json.loads(command)
+        status, clean = run_leader(argv, env, out_write)
+        os.write(status_write, b"%d\n" % status)
+        if not clean:
+            os._exit(0)
 
 
-def run_leader(argv, env, out_write, status_write):
-    # type: (List[str], Dict[str, str], int, int) -> None
-    """Spawn the block in a new session with default signal dispositions, wait for it, clean up, report."""
+def run_leader(argv, env, out_write):
+    # type: (List[str], Dict[str, str], int) -> Tuple[int, bool]
+    """Spawn the block in a new session with default signal dispositions; wait for it, kill what it left.
+
+    Returns its wait status (127 when it could not start: the reason is written to its
+    output) and whether nothing of it survived.
+    """
     try:
         leader = os.posix_spawn(
             which(argv[0], env),
@@ -190,20 +218,17 @@ def run_leader(argv, env, out_write, status_write):
     except OSError as exc:
         message = "ccexec: cannot start %r: %s\n" % (argv[0], exc.strerror or exc)
         os.write(out_write, message.encode("utf-8", "replace"))
-        os._exit(127)
-    os.close(out_write)
+        return 127 << 8, True
     _, status = os.waitpid(leader, 0)
-    try:
-        os.waitpid(-1, os.WNOHANG)
-        kill_tree({os.getpid()})  # it left something behind
-    except ChildProcessError:
-        pass  # nothing left: the common case costs no /proc scan
-    os.write(status_write, b"%d" % status)
-    os._exit(0)
+    if reap_all(0.0):
+        return status, True  # nothing left: the common case costs no /proc scan
+    # It left something behind: kill it all, then reap the zombies (some come to us only as
+    # their parents are reaped), so that the next block starts with no child of ours around.
+    return status, kill_tree({os.getpid()}) and reap_all(KILL_WAIT_LIMIT)
 
 
-class Spare:
-    """A shepherd forked ahead of need: its pid, the pipe its block comes on, and the block's pipes."""
+class Shepherd:
+    """The supervisor's handle on a shepherd: its pid, the pipe blocks go down, the pipes that come back."""
 
     def __init__(self, pid, command, out_read, status_read):
         # type: (int, int, int, int) -> None
@@ -211,11 +236,12 @@ class Spare:
         self.command = command
         self.out_read = out_read
         self.status_read = status_read
+        self.alive = True
 
     @classmethod
     def fork(cls):
-        # type: () -> Spare
-        """Fork a shepherd that waits for its block."""
+        # type: () -> Shepherd
+        """Fork a shepherd that waits for blocks."""
         command_read, command_write = os.pipe()
         out_read, out_write = os.pipe()
         status_read, status_write = os.pipe()
@@ -227,33 +253,60 @@ class Spare:
                 os._exit(126)
         for fd in (command_read, out_write, status_write):
             os.close(fd)
+        os.set_blocking(out_read, False)  # read until EAGAIN once the status says all is dead
         return cls(pid, command_write, out_read, status_read)
+
+    def send(self, argv, env):
+        # type: (List[str], Dict[str, str]) -> bool
+        """Hand it a block; return False if it is gone."""
+        command = json.dumps([argv, env]).encode("utf-8", "surrogatepass")
+        data = b"%d\n" % len(command) + command
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.command, view) :]
+        except OSError:
+            return False
+        return True
+
+    def read_status(self):
+        # type: () -> Optional[int]
+        """The status line it wrote, or None if it died first (EOF or garbage)."""
+        try:
+            data = os.read(self.status_read, 64)
+        except OSError:
+            return None
+        return int(data) if data.endswith(b"\n") and data[:-1].isdigit() else None
 
     def discard(self):
         # type: () -> None
+        """Close its pipes and kill it (its death is reaped by the supervisor)."""
+        self.alive = False
         for fd in (self.command, self.out_read, self.status_read):
             try:
                 os.close(fd)
             except OSError:
                 pass
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 class Block:
-    """A running block: its shepherd, pipes, deadline and how it is ending."""
+    """A running block: its shepherd, deadline and how it is ending."""
 
-    def __init__(self, request, shepherd_pid, out_fd, status_fd, oom_before):
-        # type: (RunRequest, int, int, int, int) -> None
+    def __init__(self, request, shepherd, oom_before):
+        # type: (RunRequest, Shepherd, int) -> None
         self.ident = request.ident
-        self.shepherd = shepherd_pid
-        self.out_fd = out_fd
-        self.status_fd = status_fd
+        self.shepherd = shepherd
         self.start = time.monotonic()
         self.deadline = self.start + request.timeout
         self.oom_before = oom_before
-        self.shepherd_status = None  # type: Optional[int]
         self.timed_out = False
         self.cancelled = False
         self.kill_at = None  # type: Optional[float]
+        self.kill_rounds = 0
 
     def end(self, status, note):
         # type: (Optional[int], str) -> BlockEnd

@@ -42,10 +42,18 @@ SWEEP = (
 )
 # Run one block: $1 is the pid to spare, $2 the file to write from stdin (or - for none), the
 # rest is the block's argv.
+# Strip setuid/setgid bits and remove device nodes in the work dir (a root block could leave
+# them for the host's users), when the image has find.
+SCRUB = (
+    "if command -v find >/dev/null; then find /workspace -xdev \\( -type b -o -type c \\) -exec rm -f {} + "
+    "2>/dev/null; find /workspace -xdev -type f -perm /6000 -exec chmod ug-s {} + 2>/dev/null; fi"
+)
 WRAPPER = (
     'keep=$1; f=$2; shift 2; if [ "$f" != - ]; then d=${f%/*}; { [ "$d" = "$f" ] || mkdir -p "$d"; } && '
     'cat > "$f" || { echo "ccexec: cannot write $f" >&2; exit 1; }; fi; "$@" < /dev/null; rc=$?; '
     + SWEEP
+    + "; "
+    + SCRUB
     + "; exit $rc"
 )
 _CHUNK = 1 << 16
