@@ -139,6 +139,11 @@ class DockerCLI:
         return ["info", "--format", template]
 
     @staticmethod
+    def running_args(name: str) -> list[str]:
+        """``inspect`` printing ``true`` while the container runs."""
+        return ["inspect", "--format", "{{.State.Running}}", name]
+
+    @staticmethod
     def image_id_args(image: str) -> list[str]:
         """``image inspect`` printing the image's ID."""
         return ["image", "inspect", "--format", "{{.Id}}", image]

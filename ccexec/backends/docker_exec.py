@@ -148,12 +148,21 @@ class ExecBackend:
         )
         if timed_out or cancelled or exit_code > 128:
             self.sweep()  # the wrapper was cut short, or the block killed it: it may not have swept
+        if exit_code in (125, 255) and not self._running():
+            raise ContainerGoneError(container=self._spec.name, reason="it stopped during the block")
         if self._main is not None and self._main.poll() is not None:
             raise ContainerGoneError(
                 container=self._spec.name, reason="its main process ended", exit_status=self._main.returncode
             )
         signal = exit_code - 128 if 128 < exit_code < 160 and not (timed_out or cancelled) else None
         return BlockEnd(0, None if signal else exit_code, signal, timed_out, cancelled, time.monotonic() - start)
+
+    def _running(self) -> bool:
+        """Whether the container still runs (asked of the engine: docker exec's own failures look like exit 255)."""
+        with contextlib.suppress(DockerError):
+            done = self._cli.run(*self._cli.running_args(self._spec.name), check=False)
+            return done.stdout.strip() == b"true"
+        return False
 
     def sweep(self) -> None:
         """Kill every process of the container but PID 1."""
