@@ -4,34 +4,77 @@ from __future__ import annotations
 
 import glob
 import os
-import shutil
-import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests", "versions", "package", "integrations"]
-nox.options.reuse_existing_virtualenvs = True
-nox.options.error_on_missing_interpreters = True
-
 ROOT = Path(__file__).parent
 PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+#: Every Python ccexec claims (pyproject's classifiers, 3.9 to 3.13).
+CLAIMED_PYTHONS = nox.project.python_versions(PYPROJECT)
+#: The claimed Pythons besides the one running nox, whose `tests` session runs the whole suite.
+OTHER_PYTHONS = [version for version in CLAIMED_PYTHONS if version != "{}.{}".format(*sys.version_info)]
+#: The oldest and the newest of them run by default; the middle ones on request (`nox -s versions`):
+#: each costs as much as one end (see the versions session), and the ends bracket what changed.
+DEFAULT_PYTHONS = sorted({OTHER_PYTHONS[0], OTHER_PYTHONS[-1]}, key=CLAIMED_PYTHONS.index)
+
+nox.options.sessions = [
+    "lint",
+    "typecheck",
+    "tests",
+    "attacks",
+    *(f"versions-{version}" for version in DEFAULT_PYTHONS),
+    "package",
+    "integrations",
+]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+nox.options.download_python = "never"  # a missing interpreter is an error here, not a download
+
+# nox finds pythonX.Y on PATH. pyenv's shims answer only for the versions pyenv has selected, and
+# look further down PATH for the others: put the bin of every pyenv-installed claimed version there.
+_PYENV_BINS = [
+    path
+    for version in CLAIMED_PYTHONS
+    for path in sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin")))[-1:]
+]
+os.environ["PATH"] = os.pathsep.join([os.environ.get("PATH", os.defpath), *_PYENV_BINS])
 
 
 def _group(name: str) -> list[str]:
     return list(PYPROJECT["dependency-groups"][name])
 
 
+#: pytest-xdist: two workers, each test to whichever is free (tests that must not overlap take locks,
+#: see tests/conftest.py). `-- -n 0` in posargs runs serially, for debugging.
+XDIST = ["-n", "2", "--dist", "load"]
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite (Docker tests fail instead of skipping when CI=true)."""
+    """Run the test suite on two xdist workers (Docker tests fail instead of skipping when CI=true)."""
     session.install(*_group("test"))
     session.run(
         "pytest",
+        *XDIST,
+        "--ignore=tests/test_attacks.py",  # the attacks session runs them, one at a time
         *(session.posargs or ["-q"]),
         env={"PYTHONWARNDEFAULTENCODING": "1", "PYTHONDEVMODE": "1"},
     )
+
+
+@nox.session
+def attacks(session: nox.Session) -> None:
+    """The attacker suite (tests/test_attacks.py), serially: its blocks race the pid counter and
+    the clock, and share the machine with nothing else then."""
+    session.install(*_group("test"))
+    session.run(
+        "pytest", "tests/test_attacks.py", *(session.posargs or ["-q"]),
+        env={"PYTHONWARNDEFAULTENCODING": "1", "PYTHONDEVMODE": "1"},
+    )  # fmt: skip
 
 
 @nox.session
@@ -91,8 +134,6 @@ def integrations(session: nox.Session) -> None:
     )
 
 
-#: Every Python that ccexec claims besides the one running nox (pyproject's classifiers).
-CLAIMED_PYTHONS = ("3.9", "3.10", "3.12", "3.13")
 #: The tests that need no container engine: they prove the local executor and the package.
 LOCAL_TESTS = [
     "tests/test_local.py",
@@ -103,35 +144,15 @@ LOCAL_TESTS = [
     "tests/test_venv.py",
     "tests/test_vendoring.py",
     "tests/test_packaging.py",
+    "tests/test_protocol.py",
 ]
 
 
-def _find_python(version: str) -> str | None:
-    """A working interpreter of ``version``: on PATH, pyenv's, or the system's."""
-    candidates = [shutil.which(f"python{version}")]
-    candidates += sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python{version}")))
-    candidates.append(f"/usr/bin/python{version}")
-    for candidate in candidates:
-        if candidate and os.path.exists(candidate):
-            probe = subprocess.run([candidate, "--version"], capture_output=True, check=False)
-            if probe.returncode == 0:
-                return candidate
-    return None
-
-
-@nox.session(python=False)
+@nox.session(python=OTHER_PYTHONS)
 def versions(session: nox.Session) -> None:
-    """The engine-free tests on every other Python claimed (3.9 to 3.13), each in its own venv."""
-    for version in CLAIMED_PYTHONS:
-        python = _find_python(version)
-        if python is None:
-            session.error(f"no Python {version} found (PATH, ~/.pyenv/versions, /usr/bin); install one")
-        venv = Path(session.cache_dir) / f"py{version}"
-        if not (venv / "bin" / "pytest").exists():
-            session.run(python, "-m", "venv", "--clear", str(venv), external=True)
-            session.run(str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *_group("test"), external=True)
-        session.log(f"Python {version}: {python}")
-        session.run(
-            str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", *LOCAL_TESTS,
-            external=True, env={"PYTHONWARNDEFAULTENCODING": "1"},
-        )  # fmt: skip
+    """The engine-free tests on another claimed Python, in its own venv."""
+    session.install(*_group("test"))
+    session.run(
+        "pytest", *XDIST, "-q", "-p", "no:cacheprovider", *LOCAL_TESTS, *session.posargs,
+        env={"PYTHONWARNDEFAULTENCODING": "1"},
+    )  # fmt: skip

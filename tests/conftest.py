@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import pickle
 import pwd
 import shutil
 import socket
@@ -15,11 +17,14 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NoReturn, Sequence
+from typing import IO, Iterator, NoReturn, Sequence
 
 import pytest
 
 import ccexec
+from ccexec import CodeBlock, CommandLineCodeResult
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -54,6 +59,108 @@ def wait_gone(pids: list[int], within: float = 2.0) -> list[int]:
 def read_pids(path: Path) -> list[int]:
     """Read the pids a block wrote, one per line."""
     return [int(line) for line in path.read_text(encoding="utf-8").split()]
+
+
+def wait_for_file(path: Path, within: float = 30.0) -> str:
+    """Return the text of ``path`` once it exists and is not empty: a block's sign that it started.
+
+    ``within`` only guards against a hang: the test fails when the file is still missing then.
+    """
+    end = time.monotonic() + within
+    while True:
+        with contextlib.suppress(FileNotFoundError):
+            text = path.read_text(encoding="utf-8")
+            if text:
+                return text
+        if time.monotonic() > end:
+            pytest.fail(f"{path} was not written within {within} s")
+        time.sleep(0.01)
+
+
+def children_of(ppid: int) -> list[int]:
+    """Return the live (not zombie) child pids of ``ppid``, read from /proc."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", encoding="ascii") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == ppid and fields[0] != "Z":
+                found.append(int(name))
+    return found
+
+
+# -- memory, measured in a fresh interpreter ---------------------------------------------------
+
+#: Runs in a fresh Python: one call on a local executor, then reports the result, the call's
+#: duration, the interpreter's live children after stop() and its own peak resident set (VmHWM).
+_MEASURED_CALL = """
+import os, pickle, sys, time, warnings
+import ccexec
+work_dir, blocks, options = pickle.load(sys.stdin.buffer)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
+    executor = ccexec.LocalCommandLineCodeExecutor(work_dir=work_dir, **options)
+with executor:
+    start = time.monotonic()
+    result = executor.execute_code_blocks(blocks)
+    elapsed = time.monotonic() - start
+children = []
+for name in os.listdir("/proc"):
+    try:
+        with open("/proc/%s/stat" % name, encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        continue
+    if int(fields[1]) == os.getpid() and fields[0] != "Z":
+        children.append(int(name))
+with open("/proc/self/status", encoding="ascii") as status:
+    peak = int(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+sys.stdout.buffer.write(pickle.dumps((result, elapsed, children, peak)))
+"""
+
+
+@dataclass(frozen=True)
+class MeasuredCall:
+    """A call made in a fresh interpreter, and what that interpreter was left with."""
+
+    result: CommandLineCodeResult
+    elapsed: float
+    #: The interpreter's live children after stop(): the supervisor and everything else must be gone.
+    children: list[int]
+    #: Its peak resident set in KiB (VmHWM): from its own start, so no earlier test's peak hides growth.
+    peak_kib: int
+
+
+def measured_call(work_dir: Path, blocks: Sequence[CodeBlock], **options: object) -> MeasuredCall:
+    """Run ``blocks`` on ``LocalCommandLineCodeExecutor(work_dir=work_dir, **options)`` in a fresh Python.
+
+    Peak memory read from the test process (``ru_maxrss``) only ever grows: a call that needs as
+    much as an earlier test already took looks free there. Compare ``peak_kib`` with
+    ``baseline_peak_kib``, the same interpreter making a trivial call.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURED_CALL],
+        input=pickle.dumps((str(work_dir), list(blocks), options)),
+        capture_output=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    result, elapsed, children, peak = pickle.loads(done.stdout)
+    return MeasuredCall(result, elapsed, children, peak)
+
+
+@pytest.fixture(scope="session")
+def baseline_peak_kib(tmp_path_factory: pytest.TempPathFactory) -> int:
+    """The peak memory (KiB) of ``measured_call``'s interpreter when its block prints one line."""
+    call = measured_call(tmp_path_factory.mktemp("baseline"), [CodeBlock("print(1)", "python")])
+    assert (call.result.exit_code, call.result.output) == (0, "1\n")
+    return call.peak_kib
 
 
 @contextlib.contextmanager
@@ -107,9 +214,11 @@ print(sum(1 for p in others if cmdline(p) not in (supervisor, None)))
 # -- Docker ------------------------------------------------------------------------------------
 
 TEST_IMAGE = os.environ.get("CCEXEC_TEST_IMAGE", "ccexec-test/python:3-slim")
-#: Every container the tests create has a name with this prefix, so the suite can check
-#: at the end that none is left, without looking at anybody else's containers.
-TEST_PREFIX = "ccexec-test-"
+#: Every container the tests create has a name with this prefix: the family ``ccexec-test-`` and
+#: a tag of this pytest process (its xdist worker and pid). Each process checks at its end that
+#: none of its own is left, without looking at containers of other workers, which may still be
+#: running theirs, or of anybody else.
+TEST_PREFIX = f"ccexec-test-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}-"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -120,10 +229,49 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# Tests that share an engine run side by side on xdist workers, and beside other test runs on this
+# machine, except where one would spoil another's: file locks of the machine (not of the run) say
+# when. Every engine test holds the `engine` lock shared; a test marked `engine_exclusive` (it
+# restarts the engine) holds it alone. A test marked `engine_gc` runs the engine-wide gc, which
+# removes every orphan, also the one another gc test has just planted and is about to look for:
+# those tests hold the `gc` lock, one at a time. (xdist's `--dist loadgroup` would do the latter,
+# but with pytest 9.2 it silently stops grouping: pytest-dev/pytest-xdist#1386.)
+
+
+@contextlib.contextmanager
+def machine_lock(name: str, *, exclusive: bool) -> Iterator[None]:
+    """Hold the test lock ``name`` of this machine, shared or exclusive, for the duration of the block.
+
+    This waits without a deadline: a test that hangs holding it is reported by faulthandler_timeout.
+    """
+    handle: IO[bytes]
+    with open(Path(tempfile.gettempdir()) / f"ccexec-test-{name}.lock", "ab") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield  # closing the file releases the lock
+
+
+@pytest.fixture(autouse=True)
+def engine_turn(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Hold the locks this test's marks ask for (always the gc lock before the engine lock)."""
+    with contextlib.ExitStack() as held:
+        if request.node.get_closest_marker("engine_gc") is not None:
+            held.enter_context(machine_lock("gc", exclusive=True))
+        exclusive = request.node.get_closest_marker("engine_exclusive") is not None
+        if exclusive or request.node.get_closest_marker("docker") is not None:
+            held.enter_context(machine_lock("engine", exclusive=exclusive))
+        yield
+
+
 def _docker_problem() -> str | None:
     """Return why Docker tests cannot run here, or None when they can."""
     if shutil.which("docker") is None:
         return "no docker client on PATH (run scripts/test-engine.sh)"
+    with machine_lock("engine", exclusive=False):  # not while another worker restarts the engine
+        return _docker_probe()
+
+
+def _docker_probe() -> str | None:
+    """Return why the engine or the test image cannot be used, or None when both answer."""
     try:
         info = subprocess.run(["docker", "info"], capture_output=True, timeout=30, check=False)
     except subprocess.TimeoutExpired:
@@ -197,11 +345,17 @@ def engine(request: pytest.FixtureRequest) -> Engine:
     return Engine(request.param, request.getfixturevalue(fixture))
 
 
+#: Modules whose every test runs the engine-wide gc: marked `engine_gc` here rather than in the file.
+GC_MODULES = frozenset(["test_gc.py"])
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that uses the engine as `docker`, so `-m 'not docker'` works."""
+    """Mark every test that uses the engine as `docker`, so `-m 'not docker'` works, and the gc modules' tests."""
     for item in items:
         if {"docker_engine", "podman_engine", "engine"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.docker)
+        if item.path.name in GC_MODULES:
+            item.add_marker(pytest.mark.engine_gc)
 
 
 def leftover_containers(client: str = "docker") -> list[str]:
@@ -217,9 +371,12 @@ def leftover_containers(client: str = "docker") -> list[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def no_container_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After the whole suite: no container the tests created is left, in Docker or Podman."""
+    """After this process's tests: no container they created is left, in Docker or Podman.
+
+    Under xdist each worker checks the containers named with its own TEST_PREFIX.
+    """
     yield
-    clients = [] if shutil.which("docker") is None or _docker_problem() is not None else ["docker"]
+    clients = [] if _docker_problem() is not None else ["docker"]
     clients += ["podman"] if shutil.which("podman") else []
     for client in clients:
         deadline = time.monotonic() + 15
@@ -234,7 +391,6 @@ def no_container_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
 
 #: Created by scripts/test-engine.sh; tests run the local executor as this user.
 TESTER = "ccexec-tester"
-REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)

@@ -165,13 +165,12 @@ def test_no_code_blocks_is_exit_0_with_a_message(tmp_path: Path) -> None:
 
 
 def test_missing_file_fails_clearly(tmp_path: Path) -> None:
-    """A missing file exits non-zero with an error naming the file, and no traceback."""
+    """A missing file exits 2 with one error line naming the file and why, and no traceback."""
     missing = tmp_path / "nope.md"
     proc = ccexec_run(str(missing))
-    assert proc.returncode != 0
-    assert str(missing) in proc.stderr
-    assert "No such file" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"ccexec: error: cannot read {str(missing)!r}: No such file or directory"]
 
 
 def test_bad_timeout_is_a_usage_error(tmp_path: Path) -> None:

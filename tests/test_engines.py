@@ -20,7 +20,14 @@ import pytest
 
 from ccexec import CodeBlock, DockerCommandLineCodeExecutor
 
-from .conftest import PROCESS_COUNT, TEST_IMAGE, TEST_PREFIX, Engine, orphan_label_args, unavailable
+from .conftest import (
+    PROCESS_COUNT,
+    TEST_IMAGE,
+    TEST_PREFIX,
+    Engine,
+    orphan_label_args,
+    unavailable,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -71,6 +78,7 @@ def test_podman_two_blocks(podman_engine: str, tmp_path: Path, qualified: bool) 
     assert Path(result.code_file).parent == tmp_path
 
 
+@pytest.mark.engine_gc
 def test_podman_labels_and_gc_removes_only_orphans(podman_engine: str, tmp_path: Path) -> None:
     """Podman containers carry ccexec's labels; `ccexec gc --docker podman` removes an orphan, not a live one."""
     orphan = unique_name("podman-orphan")
@@ -232,8 +240,8 @@ def dood_clients() -> list[str]:
 
 @pytest.mark.parametrize("client", dood_clients())
 def test_docker_out_of_docker(docker_engine: str, request: pytest.FixtureRequest, tmp_path: Path, client: str) -> None:
-    """ccexec inside a container with the host's socket runs blocks in sibling containers; with bind_dir set to
-    the host path of its work dir, a file a block writes appears on the host and at the inner work dir."""
+    """ccexec in a container with the host's socket runs blocks in siblings; bind_dir makes their files shared."""
+    # bind_dir is the host path of the inner work dir: a file a block writes appears on the host and inside.
     if not os.path.exists(client):
         unavailable(request, f"no docker client at {client} to copy into the container")
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")

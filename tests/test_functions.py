@@ -128,7 +128,9 @@ def test_missing_package_raises_value_error(tmp_path: Path) -> None:
     executor = make(tmp_path, functions=[func], setup_timeout=120)
     with pytest.raises(ccexec.FunctionSetupError, match="ccexec-no-such-package-x9q") as caught:
         executor.execute_code_blocks([CodeBlock("print('never')", "python")])
-    assert "No matching distribution" in str(caught.value) or "ERROR" in str(caught.value)
+    assert "ERROR: No matching distribution found for ccexec-no-such-package-x9q" in caught.value.output
+    assert "No matching distribution found for ccexec-no-such-package-x9q" in str(caught.value)
+    assert caught.value.exit_code == 1  # pip's own exit code, not a timeout (None)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -18,8 +17,9 @@ import pytest
 
 import ccexec
 from ccexec import CodeBlock, LocalCommandLineCodeExecutor
+from ccexec._protocol import DRAIN_LIMIT
 
-from .conftest import HELPERS, read_pids, wait_gone
+from .conftest import HELPERS, children_of, measured_call, read_pids, wait_for_file, wait_gone
 
 
 def make(tmp_path: Path, **kwargs: object) -> LocalCommandLineCodeExecutor:
@@ -141,7 +141,7 @@ def test_filename_outside_workspace(local: LocalCommandLineCodeExecutor, tmp_pat
     result = local.execute_code_blocks(blocks)
     if name == "":
         # An empty name is no name: a generated file is used.
-        assert result.exit_code == 0
+        assert (result.exit_code, result.output) == (0, "before\n1\n")
         return
     assert result.exit_code == 1
     assert result.output.startswith("before\n")
@@ -220,8 +220,10 @@ def test_background_job_does_not_outlive_block(local: LocalCommandLineCodeExecut
     """A background job left by a finished block is killed, and the call does not wait for it."""
     start = time.monotonic()
     result = local.execute_code_blocks([CodeBlock("sleep 60 & echo $! > bg.txt; echo done", "sh")])
-    assert time.monotonic() - start < 2
-    assert (result.exit_code, result.output) == (0, "done\n")
+    # The job holds the block's output open: waiting for it would end at the 10 s timeout (exit 124),
+    # a drain after the kill would last DRAIN_LIMIT.
+    assert time.monotonic() - start < DRAIN_LIMIT
+    assert (result.exit_code, result.output, result.timed_out) == (0, "done\n", False)
     assert wait_gone(read_pids(tmp_path / "bg.txt")) == []
 
 
@@ -280,13 +282,11 @@ def test_unicode_print_works(local: LocalCommandLineCodeExecutor) -> None:
     assert result.output == "h\u00e9llo \u2603\n"
 
 
-def test_output_cap_truncates_and_bounds_memory(tmp_path: Path) -> None:
+def test_output_cap_truncates_and_bounds_memory(tmp_path: Path, baseline_peak_kib: int) -> None:
     """A block printing 200 MB keeps host memory bounded; the result says it was truncated."""
-    executor = make(tmp_path, max_output_bytes=10_000)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     code = "import sys\nchunk = b'x' * 1_000_000\nfor _ in range(200): sys.stdout.buffer.write(chunk)\nprint('END')"
-    result = executor.execute_code_blocks([CodeBlock(code, "python")])
-    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    call = measured_call(tmp_path, [CodeBlock(code, "python")], max_output_bytes=10_000)
+    result = call.result
     assert result.exit_code == 0
     assert result.truncated
     assert result.blocks[0].truncated
@@ -294,17 +294,15 @@ def test_output_cap_truncates_and_bounds_memory(tmp_path: Path) -> None:
     assert result.output.startswith("xxxx")
     assert result.output.endswith("END\n")
     assert "output truncated" in result.output
-    assert grown_kib < 32 * 1024
+    assert call.peak_kib - baseline_peak_kib < 32 * 1024
 
 
 def test_stdin_is_closed(tmp_path: Path) -> None:
-    """input() fails at once with EOFError instead of hanging."""
+    """input() fails with EOFError instead of hanging (a hang would end at the timeout, exit 124)."""
     executor = make(tmp_path, timeout=5)
-    start = time.monotonic()
     result = executor.execute_code_blocks([CodeBlock("input('name? ')", "python")])
-    assert time.monotonic() - start < 2
-    assert result.exit_code == 1
-    assert "EOFError" in result.output
+    assert (result.exit_code, result.timed_out) == (1, False)
+    assert result.output.splitlines()[-1] == "EOFError: EOF when reading a line"
 
 
 def test_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -419,49 +417,80 @@ def test_async_cancellation_kills_the_tree(tmp_path: Path) -> None:
 
     async def main() -> list[int]:
         task = asyncio.ensure_future(executor.aexecute_code_blocks([CodeBlock(code, "python")]))
-        while not (tmp_path / "pids.txt").exists():
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.05)
+        end = time.monotonic() + 30
+        while len(pids := whole_tree(tmp_path / "pids.txt")) < 5 and time.monotonic() < end:
+            await asyncio.sleep(0.02)  # the tree is up once its five pids are written
+        assert len(pids) == 5, "the block did not start its tree"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        pids = read_pids(tmp_path / "pids.txt")
         return [pid for pid in pids if wait_gone([pid], within=0) != []]
 
     start = time.monotonic()
     assert asyncio.run(main()) == []
-    assert time.monotonic() - start < 5
+    # A hang guard: a cancellation that waited for the block would last until its 60 s timeout.
+    assert time.monotonic() - start < 30
 
 
 def test_async_does_not_block_the_loop(tmp_path: Path) -> None:
-    """While a block runs, the event loop keeps running other tasks."""
-    executor = make(tmp_path)
+    """While a block runs, the event loop keeps running other tasks: one of them lets the block finish."""
+    executor = make(tmp_path, timeout=20)
+    # The block waits for a file that only another task of the loop writes, after the block started.
+    code = textwrap.dedent(
+        """
+        import os, pathlib, time
+        pathlib.Path("started").touch()
+        while not os.path.exists("go"):
+            time.sleep(0.01)
+        print("released")
+        """
+    )
 
-    async def main() -> int:
-        ticks = 0
+    async def release() -> None:
+        while not (tmp_path / "started").exists():
+            await asyncio.sleep(0.01)
+        (tmp_path / "go").touch()
 
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.01)
+    async def main() -> ccexec.CommandLineCodeResult:
+        releaser = asyncio.ensure_future(release())
+        result = await executor.aexecute_code_blocks([CodeBlock(code, "python")])
+        releaser.cancel()
+        return result
 
-        tick_task = asyncio.ensure_future(ticker())
-        await executor.aexecute_code_blocks([CodeBlock("import time; time.sleep(0.3)", "python")])
-        tick_task.cancel()
-        return ticks
-
-    assert asyncio.run(main()) > 10
+    result = asyncio.run(main())
+    assert (result.exit_code, result.output, result.timed_out) == (0, "released\n", False)
 
 
 def test_stop_kills_running_blocks(tmp_path: Path) -> None:
-    """stop() from another thread ends a running block at once."""
+    """stop() from another thread, once the block runs, ends the call with Cancelled and kills the block."""
     executor = make(tmp_path, timeout=60)
-    threading.Timer(0.3, executor.stop).start()
+    code = textwrap.dedent(
+        """
+        import os, pathlib, time
+        pathlib.Path("pid.txt").write_text(str(os.getpid()), "ascii")
+        print("started", flush=True)
+        time.sleep(99)
+        """
+    )
+    pids: list[int] = []
+
+    def stop_once_started() -> None:
+        try:
+            pids.append(int(wait_for_file(tmp_path / "pid.txt")))
+        finally:
+            executor.stop()
+
+    stopper = threading.Thread(target=stop_once_started)
+    stopper.start()
     start = time.monotonic()
-    result = executor.execute_code_blocks([CodeBlock("import time; time.sleep(30)", "python")])
-    assert time.monotonic() - start < 3
-    assert "Cancelled" in result.output
+    result = executor.execute_code_blocks([CodeBlock(code, "python")])
+    stopper.join()
+    # A hang guard: a stop() that did not reach the block would leave it to its 60 s timeout.
+    assert time.monotonic() - start < 30
+    assert result.output.startswith("started\n")
+    assert "Cancelled" in result.output.splitlines()[-1]
+    assert not result.timed_out
+    assert wait_gone(pids) == []
 
 
 def test_no_stray_processes_after_suite_of_calls(tmp_path: Path) -> None:
@@ -478,19 +507,12 @@ def test_no_stray_processes_after_suite_of_calls(tmp_path: Path) -> None:
     assert wait_gone([supervisor]) == []
 
 
-def children_of(ppid: int) -> list[int]:
-    """Return the live child pids of ``ppid``, read from /proc."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", encoding="ascii") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == ppid and fields[0] != "Z":
-                found.append(int(name))
-    return found
+def whole_tree(path: Path) -> list[int]:
+    """The pids stubborn_tree.py wrote so far: all five once its tree is up."""
+    try:
+        return read_pids(path)
+    except (FileNotFoundError, ValueError):
+        return []
 
 
 @pytest.mark.parametrize("name", ["taken/x.py", "adir", "n" * 300 + ".py"])

@@ -238,5 +238,5 @@ except CcexecError:
 peer.close(1.0)
 print(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, encoding="utf-8", timeout=60, check=True)
     assert int(done.stdout) < 100 * 1024, f"host peak RSS {done.stdout.strip()} KiB"

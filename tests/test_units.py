@@ -9,6 +9,7 @@ import os
 import pickle
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import pytest
 
@@ -106,9 +107,21 @@ def test_host_code_path_rejects_names_outside(work: Path, name: str) -> None:
         host_code_path(name, str(work))
 
 
-def test_filename_outside_workspace_is_a_value_error() -> None:
-    """FilenameOutsideWorkspace is a ValueError, for callers that catch the builtin."""
-    assert issubclass(FilenameOutsideWorkspace, ValueError)
+@pytest.mark.parametrize(
+    ("resolve", "name"),
+    [(container_relative_path, "../x"), (host_code_path, "../x"), (container_relative_path, "/etc/passwd")],
+    ids=["container", "host", "absolute"],
+)
+def test_filename_outside_workspace_is_caught_as_value_error(
+    work: Path, resolve: Callable[[str, str], str], name: str
+) -> None:
+    """A refused name raises FilenameOutsideWorkspace, which `except ValueError` catches, carrying the name."""
+    root = "/workspace" if resolve is container_relative_path else str(work)
+    with pytest.raises(ValueError) as caught:  # noqa: PT011 - the builtin a caller catches is the point
+        resolve(name, root)
+    assert type(caught.value) is FilenameOutsideWorkspace
+    assert caught.value.args == (name,)
+    assert name in str(caught.value)
 
 
 # -- container_relative_path ------------------------------------------------------------------
