@@ -32,10 +32,7 @@ from .docker_cli import CLI_DEADLINE, RUN_DEADLINE, WORKSPACE, ContainerSpec, Do
 # is told to us); PID 1 waits for it, reaping adopted orphans meanwhile, and exits when our
 # stdin closes. After the ready line nothing in the container holds the attached stdout or
 # stderr: a block writing to /proc/1/fd/1 must not break (or fill) our client's pipe.
-MAIN = (
-    'exec 3<&0; (while read -r _ <&3; do :; done) >/dev/null 2>&1 & echo "ready $!"; '
-    "exec >/dev/null 2>&1; wait $!"
-)
+MAIN = 'exec 3<&0; (while read -r _ <&3; do :; done) >/dev/null 2>&1 & echo "ready $!"; exec >/dev/null 2>&1; wait $!'
 # Kill every process of the container but PID 1, the reader ($keep) and this shell, until none
 # is left (zombies are skipped: PID 1 reaps them). Only builtins: the image may have nothing else.
 SWEEP = (
