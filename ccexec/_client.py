@@ -279,17 +279,3 @@ class SupervisorClient:
             assert self.error is not None
             raise self.error
         return pending.end
-
-    def delete(self, paths: list[str], timeout: float) -> None:
-        """Remove files under the work dir (no symlink followed); return once they are gone."""
-        import json
-
-        if not paths or self.error is not None:
-            return
-        ident = next(self._ids)
-        pending = self._pending[ident] = _Pending(OutputCapture(1))
-        try:
-            self._send(frame(b"D", ident, json.dumps(paths).encode()))
-            self._wait(pending, timeout, Cancel())
-        finally:
-            del self._pending[ident]

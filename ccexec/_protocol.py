@@ -9,7 +9,7 @@ below and every field is type-checked.
 host -> supervisor            supervisor -> host
   R run    RunRequest           H hello  Hello (once, first)
   C cancel (empty)              O output raw bytes of block IDENT
-  D delete JSON list of paths   E end    BlockEnd of block IDENT (also the reply to D)
+                                E end    BlockEnd of block IDENT
 
 This file is shipped into containers as text ahead of ``_supervisor.py``, so it must run on
 Python 3.8 and import nothing but the standard library (type comments, no annotations).
@@ -38,13 +38,12 @@ MAX_HEADER = 64
 PAYLOAD_CAPS = {
     b"R": 256 << 20,  # a request carries the code
     b"C": 0,
-    b"D": 16 << 20,
     b"H": 64 << 10,
     b"O": 1 << 20,
     b"E": 64 << 10,
 }
 #: The kinds each side may receive.
-TO_SUPERVISOR = (b"R", b"C", b"D")
+TO_SUPERVISOR = (b"R", b"C")
 TO_HOST = (b"H", b"O", b"E")
 
 
@@ -170,9 +169,10 @@ class RunRequest(_Message):
     ``argv`` may hold the placeholders ``{file}`` (the written file) and ``{python}`` (the
     supervisor's interpreter). ``env`` is the block's whole environment when ``clear_env``,
     else overrides of the supervisor's. ``after``: run only if that block succeeded.
+    ``cleanup``: delete the file once the block has ended, before its end is reported.
     """
 
-    __slots__ = ("after", "argv", "clear_env", "code", "env", "ident", "path", "timeout")
+    __slots__ = ("after", "argv", "cleanup", "clear_env", "code", "env", "ident", "path", "timeout")
 
     KIND = b"R"
     SPEC = {
@@ -183,10 +183,11 @@ class RunRequest(_Message):
         "env": (dict,),
         "clear_env": (bool,),
         "after": (int, None),
+        "cleanup": (bool,),
     }
 
-    def __init__(self, ident, argv, timeout, env, clear_env=False, path=None, code="", after=None):
-        # type: (int, List[str], float, Dict[str, str], bool, Optional[str], str, Optional[int]) -> None
+    def __init__(self, ident, argv, timeout, env, clear_env=False, path=None, code="", after=None, cleanup=False):
+        # type: (int, List[str], float, Dict[str, str], bool, Optional[str], str, Optional[int], bool) -> None
         self.ident = ident
         self.argv = argv
         self.timeout = timeout
@@ -195,6 +196,7 @@ class RunRequest(_Message):
         self.path = path
         self.code = code
         self.after = after
+        self.cleanup = cleanup
 
     @classmethod
     def decode(cls, ident, payload):
@@ -206,7 +208,7 @@ class RunRequest(_Message):
             raise ProtocolError("run request env must map strings to strings")
         return cls(
             ident, data["argv"], float(data["timeout"]), data["env"], data["clear_env"],
-            data["path"], data["code"], data["after"],
+            data["path"], data["code"], data["after"], data["cleanup"],
         )  # fmt: skip
 
 

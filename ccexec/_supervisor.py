@@ -47,7 +47,6 @@ try:  # imported from ccexec on the host (tests, tools)
         ProtocolError,
         RunRequest,
         frame,
-        load_json,
     )
     from ._tree import PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, Block, Shepherd, kill_tree, oom_kills, prctl
     from ._workdir import delete_file, scrub, write_file
@@ -117,7 +116,8 @@ class Blocks:
         while not shepherd.send(argv, env):  # a block killed it while it was idle
             self.drop(shepherd)
             shepherd = self.take_shepherd()
-        self.blocks[request.ident] = Block(request, shepherd, oom_before)
+        block = self.blocks[request.ident] = Block(request, shepherd, oom_before)
+        block.cleanup = request.path if request.cleanup else None
 
     def take_shepherd(self):
         # type: () -> Shepherd
@@ -170,6 +170,11 @@ class Blocks:
             self.idle.append(shepherd)
             while len(self.idle) > 2:  # enough for a few concurrent calls; the rest exit at EOF
                 self.idle.pop(0).discard()
+        if block.cleanup is not None:
+            try:
+                delete_file(self.root, block.cleanup)
+            except (OSError, ValueError):
+                pass  # gone already, or replaced by the block: nothing of ours to delete
         ok = end.exit_code == 0 and not block.timed_out and not block.cancelled
         if self.scrubs and (not ok or block.ident not in self.chained):  # the call ends: scrub first
             scrub(self.root)
@@ -257,14 +262,6 @@ class Supervisor(Blocks):
             block = self.blocks.get(ident)
             if block is not None:
                 self.stop(block, timed_out=False)
-        elif kind == b"D":
-            paths = load_json(payload)
-            for path in paths if isinstance(paths, list) else ():
-                try:
-                    delete_file(self.root, str(path))
-                except (OSError, ValueError):
-                    continue  # gone already, or replaced by the block: nothing of ours to delete
-            send(BlockEnd(ident, exit_code=0).encode())
 
     def run(self, request):
         # type: (RunRequest) -> None

@@ -307,6 +307,7 @@ class Block:
         self.cancelled = False
         self.kill_at = None  # type: Optional[float]
         self.kill_rounds = 0
+        self.cleanup = None  # type: Optional[str]  # the generated file to delete at the end
 
     def end(self, status, note):
         # type: (Optional[int], str) -> BlockEnd

@@ -187,9 +187,11 @@ class PlannedBlock:
 
 def plan(  # noqa: PLR0917 - the call's blocks and the executor's settings
     blocks: Sequence[CodeBlock], languages: Mapping[str, Language], code_dir: str, timeout: float,
-    env: dict[str, str], clear_env: bool,
+    env: dict[str, str], clear_env: bool, delete_generated: bool,
 ) -> tuple[list[PlannedBlock], tuple[str, str] | None]:  # fmt: skip
     """Name each block's file and build its request, up to the first block that cannot start.
+
+    With ``delete_generated``, the supervisor deletes a generated file once its block ended.
 
     Returns the planned blocks and, when one cannot start, (its language, why) to report
     after the blocks before it succeeded: an unknown language, or a ``# filename:`` outside
@@ -209,7 +211,9 @@ def plan(  # noqa: PLR0917 - the call's blocks and the executor's settings
             )
         except FilenameOutsideWorkspace:
             return planned, (block.language, f"Filename is not in the workspace: {name!r}\n")
-        request = RunRequest(0, language.argv("{file}", "{python}"), timeout, env, clear_env, relative, block.code)
+        argv = language.argv("{file}", "{python}")
+        cleanup = delete_generated and name is None
+        request = RunRequest(0, argv, timeout, env, clear_env, relative, block.code, cleanup=cleanup)
         planned.append(PlannedBlock(block, relative, name is None, request))
     return planned, None
 

@@ -232,7 +232,7 @@ class BaseCommandLineExecutor:
             return self._run_blocks(backend, blocks, cancel)
 
     def _run_blocks(self, backend: Backend, blocks: list[CodeBlock], cancel: Cancel) -> CommandLineCodeResult:
-        """Plan the blocks, run them chained, stop at the first failure; delete generated files."""
+        """Plan the blocks, run them chained (generated files deleted as each ends), stop at the first failure."""
         import contextlib
 
         from ._capture import OutputCapture
@@ -240,30 +240,23 @@ class BaseCommandLineExecutor:
         from .results import block_result
 
         env, clear_env = self._block_env()
-        planned, refusal = plan(blocks, self._languages, backend.code_dir(), self._timeout, env, clear_env)
+        planned, refusal = plan(
+            blocks, self._languages, backend.code_dir(), self._timeout, env, clear_env, self._delete_generated
+        )
         captures = [OutputCapture(self._max_output_bytes, self._on_output) for _ in planned]
         results: list[BlockResult] = []
-        generated: list[str] = []
-        try:
-            with contextlib.closing(backend.run([p.request for p in planned], captures, cancel)) as ends:
-                for step, capture, end in zip(planned, captures, ends):
-                    code_file = backend.code_file(step.relative)
-                    results.append(
-                        block_result(step.block, end, capture, code_file, self._timeout, backend.negative_signals)
-                    )
-                    if step.generated and not end.not_started:
-                        generated.append(step.relative)
-                    if results[-1].exit_code != 0:
-                        break
-                else:
-                    if refusal is not None and not cancel.is_set():
-                        language, message = refusal
-                        if self._on_output is not None:
-                            self._on_output(message.encode("utf-8"))  # streamed like any output
-                        results.append(BlockResult(language, 1, message, None))
-        finally:
-            if generated and self._delete_generated and backend.alive:
-                backend.delete(generated)
+        with contextlib.closing(backend.run([p.request for p in planned], captures, cancel)) as ends:
+            for step, capture, end in zip(planned, captures, ends):
+                code_file, signals = backend.code_file(step.relative), backend.negative_signals
+                results.append(block_result(step.block, end, capture, code_file, self._timeout, signals))
+                if results[-1].exit_code != 0:
+                    break
+            else:
+                if refusal is not None and not cancel.is_set():
+                    language, message = refusal
+                    if self._on_output is not None:
+                        self._on_output(message.encode("utf-8"))  # streamed like any output
+                    results.append(BlockResult(language, 1, message, None))
         return CommandLineCodeResult.from_blocks(results)
 
     def _block_env(self) -> tuple[dict[str, str], bool]:

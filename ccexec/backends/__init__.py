@@ -36,9 +36,6 @@ if TYPE_CHECKING:
         ) -> Generator[BlockEnd, None, None]:
             """Run the blocks in order, each only if the one before succeeded; yield their ends."""
 
-        def delete(self, paths: list[str]) -> None:
-            """Remove files (relative to the work dir) without following symlinks; ignore missing ones."""
-
         def code_file(self, relative: str) -> str:
             """The path of a block's file as the user can open it."""
 

@@ -41,8 +41,8 @@ SWEEP = (
     'continue; s=${s##*) }; case $s in Z*) continue;; esac; kill -9 "$p" 2>/dev/null && left=1; done; '
     "[ $left = 0 ] && break; done"
 )
-# Run one block: $1 is the pid to spare, $2 the file to write from stdin (or - for none), the
-# rest is the block's argv.
+# Run one block: $1 is the pid to spare, $2 the file to write from stdin (or - for none), $3
+# 1 to delete it afterwards, the rest is the block's argv.
 # Strip setuid/setgid bits and remove device nodes in the work dir (a root block could leave
 # them for the host's users), when the image has find.
 SCRUB = (
@@ -50,12 +50,12 @@ SCRUB = (
     "2>/dev/null; find /workspace -xdev -type f -perm /6000 -exec chmod ug-s {} + 2>/dev/null; fi"
 )
 WRAPPER = (
-    'keep=$1; f=$2; shift 2; if [ "$f" != - ]; then d=${f%/*}; { [ "$d" = "$f" ] || mkdir -p "$d"; } && '
+    'keep=$1; f=$2; c=$3; shift 3; if [ "$f" != - ]; then d=${f%/*}; { [ "$d" = "$f" ] || mkdir -p "$d"; } && '
     'cat > "$f" || { echo "ccexec: cannot write $f" >&2; exit 1; }; fi; "$@" < /dev/null; rc=$?; '
     + SWEEP
     + "; "
     + SCRUB
-    + "; exit $rc"
+    + '; [ "$c" = 1 ] && rm -f "$f"; exit $rc'
 )
 _CHUNK = 1 << 16
 
@@ -138,6 +138,7 @@ class ExecBackend:
             "sh",
             self._reader,
             path,
+            "1" if request.cleanup else "0",
             *argv,
             interactive=True,
             env_names=list(request.env),
@@ -178,11 +179,6 @@ class ExecBackend:
             done = self._cli.run(*self._cli.exec_args(self._spec.name, "/bin/sh", "-c", find), check=False)
             self._python = done.stdout.decode("utf-8", "replace").strip() or "python3"
         return self._python
-
-    def delete(self, paths: list[str]) -> None:
-        with self._serial, contextlib.suppress(DockerError):
-            names = [f"{WORKSPACE}/{path}" for path in paths]
-            self._cli.run(*self._cli.exec_args(self._spec.name, "rm", "-f", "--", *names), check=False)
 
     def code_file(self, relative: str) -> str:
         return self._spec.code_file(relative)

@@ -131,10 +131,6 @@ class SupervisedBackend:
             raise self._stopped()
         return attached.client.run(requests, captures, cancel)
 
-    def delete(self, paths: list[str]) -> None:
-        if self._attached is not None:
-            self._attached.client.delete(paths, END_GRACE)
-
     def stop(self) -> None:
         with self._lock:
             self._release()
