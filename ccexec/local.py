@@ -127,8 +127,10 @@ def _venv_settings(context: Any) -> tuple[str, dict[str, str | None]]:
         raise InvalidArgumentError(
             f"the virtual environment's interpreter {env_exe!r} does not exist; create the venv first",
         )
-    env_dir = getattr(context, "env_dir", None) or os.path.dirname(str(bin_path))
-    path = os.pathsep.join([str(bin_path), os.environ.get("PATH", "")])
+    # Absolute now: blocks run with the work dir as their current directory.
+    env_exe, bin_path = os.path.abspath(env_exe), os.path.abspath(bin_path)
+    env_dir = os.path.abspath(getattr(context, "env_dir", None) or os.path.dirname(bin_path))
+    path = os.pathsep.join([bin_path, os.environ.get("PATH", "")])
     # As activating a venv does (its bin first, VIRTUAL_ENV set, PYTHONHOME dropped), and
     # PYTHONPATH dropped too, so the host's packages do not leak into the venv's Python.
-    return str(env_exe), {"PATH": path, "VIRTUAL_ENV": str(env_dir), "PYTHONHOME": None, "PYTHONPATH": None}
+    return env_exe, {"PATH": path, "VIRTUAL_ENV": env_dir, "PYTHONHOME": None, "PYTHONPATH": None}

@@ -278,15 +278,23 @@ def test_failing_init_command_raises(docker_engine: str, tmp_path: Path) -> None
     assert wait_state(executor.container_name, "gone", 5) == "gone"
 
 
-def test_delete_tmp_files(docker_engine: str, tmp_path: Path) -> None:
-    """delete_tmp_files removes generated files after the run and keeps named ones."""
-    with make(docker_engine, tmp_path, delete_tmp_files=True) as executor:
+@pytest.mark.parametrize("mode", ["runner", "exec"])
+def test_delete_tmp_files(docker_engine: str, tmp_path: Path, mode: str) -> None:
+    """delete_tmp_files: generated files are gone when the call returns; named ones stay."""
+    with make(docker_engine, tmp_path, delete_tmp_files=True, mode=mode) as executor:
         result = executor.execute_code_blocks(
             [CodeBlock("print(1)", "python"), CodeBlock("# filename: named.py\nprint(2)", "python")]
         )
         assert result.exit_code == 0
-        executor.execute_code_blocks([CodeBlock("true", "sh")])  # the delete is ordered before this
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["named.py"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["named.py"]  # at once, not later
+
+
+def test_block_replacing_its_own_file_still_gets_its_result(docker_engine: str, tmp_path: Path) -> None:
+    """A block that turns its own generated file into a directory: the result comes back, nothing raises."""
+    code = "import os, sys; os.remove(sys.argv[0]); os.mkdir(sys.argv[0]); print('swapped')"
+    with make(docker_engine, tmp_path, delete_tmp_files=True) as executor:
+        result = executor.execute_code_blocks([CodeBlock(code, "python")])
+    assert (result.exit_code, result.output) == (0, "swapped\n")
 
 
 def test_keeps_tmp_files_by_default(executor: DockerCommandLineCodeExecutor) -> None:

@@ -147,3 +147,21 @@ def test_with_pip_block_uses_the_venvs_pip(tmp_path: Path) -> None:
     assert os.path.realpath(context.env_dir) in os.path.realpath(output.split(" from ", 1)[1].split(" (")[0])
     output = run(executor, "import pip, sys; print(pip.__file__.startswith(sys.prefix))")
     assert output == "True\n"
+
+
+def test_relative_venv_context_works_from_the_work_dir(
+    shared_venv: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A venv context with relative paths (as EnvBuilder gives for a relative dir) still runs its Python."""
+    monkeypatch.chdir(shared_venv.env_dir.rsplit(os.sep, 1)[0])
+    name = os.path.basename(shared_venv.env_dir)
+    relative = SimpleNamespace(
+        env_dir=name,
+        env_exe=os.path.relpath(shared_venv.env_exe),
+        bin_path=os.path.relpath(shared_venv.bin_path),
+    )
+    executor = make(tmp_path / "work", relative)
+    lines = run(executor, PROBE).splitlines()
+    executor.stop()
+    assert lines[0] == "True"
+    assert lines[1] == os.path.realpath(shared_venv.env_dir)
