@@ -214,10 +214,6 @@ class SupervisorClient:
             pending.done.set()
         self._on_broken()
 
-    def fail(self, error: Exception) -> None:
-        """Mark the channel broken from outside (the transport died); waiting calls raise ``error``."""
-        self._break(error)
-
     def close(self) -> None:
         """Close the supervisor's stdin: it kills its blocks and exits."""
         with self._write_lock:
