@@ -37,7 +37,7 @@ import pytest
 import ccexec
 from ccexec import CodeBlock, CommandLineCodeResult
 
-from .conftest import HELPERS, REPO, TEST_PREFIX, Engine, Tester, pid_alive
+from .conftest import HELPERS, REPO, TEST_PREFIX, Engine, Tester, pid_alive, wait_gone
 
 #: The executor's timeout in most attacks, in seconds.
 TIMEOUT = 3.0
@@ -1059,6 +1059,43 @@ def test_local_sigterm_to_ancestors(tmp_path: Path) -> None:
     """SIGTERM to the block's ancestors (below the test) disturbs neither a concurrent call nor a later one."""
     with local_executor(tmp_path / "work") as executor:
         check_sigterm(executor, tmp_path / "work", in_container=False)
+
+
+STOPPER = """
+import os, signal, time
+shepherd = os.getppid()
+os.kill(shepherd, signal.SIGSTOP)  # the process that waits for this block and reports its end
+print("stopped my shepherd", flush=True)
+"""
+KILLER = """
+import os, signal, subprocess, sys
+daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+with open("daemon.pid", "w") as handle:
+    handle.write(str(daemon.pid))
+os.kill(os.getppid(), signal.SIGKILL)  # the block's shepherd
+print("killed my shepherd", flush=True)
+"""
+
+
+def test_local_block_stopping_its_shepherd_gets_its_true_result(tmp_path: Path) -> None:
+    """A block that SIGSTOPs its shepherd: the supervisor continues it; the true result comes back, in time."""
+    with local_executor(tmp_path / "work") as executor:
+        start = time.monotonic()
+        result = run(executor, STOPPER).truth()
+        assert (result.exit_code, result.output) == (0, "stopped my shepherd\n")
+        assert time.monotonic() - start < TIMEOUT
+        assert_exact(run(executor, "print('next')"), 0, "next\n")
+
+
+def test_local_block_killing_its_shepherd_leaves_nothing(tmp_path: Path) -> None:
+    """A block that SIGKILLs its shepherd: the call says so, its daemon is killed, the next call works."""
+    work = tmp_path / "work"
+    with local_executor(work) as executor:
+        result = run(executor, KILLER).truth()
+        assert "killed its supervising process" in result.output
+        daemon = int((work / "daemon.pid").read_text(encoding="utf-8"))
+        assert wait_gone([daemon]) == []
+        assert_exact(run(executor, "print('next')"), 0, "next\n")
 
 
 @MODES
