@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from .backends.docker_cli import WORKSPACE
+from .backends import WORKSPACE
 from .errors import InvalidArgumentError
 from .executor import DEFAULT_MAX_OUTPUT_BYTES, BaseCommandLineExecutor
 

@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+#: Where the work dir is inside a container (here: ``import ccexec`` must not load the docker modules).
+WORKSPACE = "/workspace"
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
 if TYPE_CHECKING:
     from typing import Generator, Protocol, Sequence

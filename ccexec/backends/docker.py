@@ -16,8 +16,8 @@ from .._capture import OutputCapture
 from .._client import Cancel
 from .._protocol import END_GRACE, RunRequest
 from ..errors import ContainerGoneError, DockerError, DockerTimeoutError
-from . import docker_cli
-from .docker_cli import WORKSPACE, ContainerSpec, DockerCLI
+from . import WORKSPACE, docker_cli
+from .docker_cli import ContainerSpec, DockerCLI
 from .host import Attached, SupervisedBackend, supervisor_source
 
 #: Seconds stop() waits for the attached client to end before removing the container by force.

@@ -19,11 +19,10 @@ from ..errors import (
     ImageNotFoundError,
     InvalidArgumentError,
 )
+from . import WORKSPACE
 
 ClientCommand = Union[str, Sequence[str]]
 
-#: Where the work dir is inside the container.
-WORKSPACE = "/workspace"
 #: Seconds a quick docker CLI call (inspect, rm, ps) may take before the engine counts as hung.
 CLI_DEADLINE = 30.0
 #: Seconds `docker run` may take, a pull included.

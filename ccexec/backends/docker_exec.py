@@ -26,7 +26,8 @@ from .._capture import OutputCapture
 from .._client import Cancel
 from .._protocol import KILL_WAIT_LIMIT, TERM_GRACE, BlockEnd, RunRequest
 from ..errors import ContainerGoneError, DockerError
-from .docker_cli import CLI_DEADLINE, RUN_DEADLINE, WORKSPACE, ContainerSpec, DockerCLI
+from . import WORKSPACE
+from .docker_cli import CLI_DEADLINE, RUN_DEADLINE, ContainerSpec, DockerCLI
 
 # PID 1 of an attached exec-mode container: a reader of our stdin in the background (its pid
 # is told to us); PID 1 waits for it, reaping adopted orphans meanwhile, and exits when our
