@@ -57,10 +57,6 @@ class Cancel:
         """Return whether a stop was asked."""
         return self._event.is_set()
 
-    def wait(self, timeout: float) -> bool:
-        """Wait until set or ``timeout`` seconds; return whether it is set."""
-        return self._event.wait(timeout)
-
 
 class RunningCalls:
     """The calls in flight on one executor, each with its Cancel."""

@@ -103,7 +103,10 @@ def kill_tree(roots, sig=None, limit=None, exclude=(), reap=None):
                 continue
         if sig is not None or not pids:
             return True
-        (reap or reap_any)()
+        if reap is None:
+            reap_all(0.0)
+        else:
+            reap()
         if time.monotonic() > end:
             return False
         time.sleep(0.001)
@@ -122,18 +125,6 @@ def reap_all(limit):
             if time.monotonic() >= end:
                 return False
             time.sleep(0.001)
-
-
-def reap_any():
-    # type: () -> None
-    """Reap our exited children that nobody waits for (orphans we adopted)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def which(program, env):
@@ -326,15 +317,21 @@ class Block:
         return BlockEnd(self.ident, exit_code, sig, self.timed_out, self.cancelled, duration, oom=oom, note=note)
 
 
+_OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+#: The cgroup file that counts kills for memory (v2 or v1), found once: it is read twice a block.
+_OOM_FILE = next((path for path in _OOM_FILES if os.path.exists(path)), None)
+
+
 def oom_kills():
     # type: () -> int
-    """The cgroup's count of processes killed for memory (v2 or v1), or -1 when unknown."""
-    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
-        try:
-            with open(path, "rb") as handle:
-                for line in handle:
-                    if line.startswith(b"oom_kill "):
-                        return int(line.split()[1])
-        except (OSError, ValueError):
-            continue
+    """The cgroup's count of processes killed for memory, or -1 when unknown."""
+    if _OOM_FILE is None:
+        return -1
+    try:
+        with open(_OOM_FILE, "rb") as handle:
+            for line in handle:
+                if line.startswith(b"oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
     return -1

@@ -120,20 +120,6 @@ class FilenameOutsideWorkspace(ValueError):
     """A ``# filename:`` resolves outside the work dir (reported as exit 1, not raised)."""
 
 
-def host_code_path(name: str, work_dir: str) -> str:
-    """Resolve a requested name inside ``work_dir`` on this host, following symlinks.
-
-    Raises FilenameOutsideWorkspace for names that are empty, contain NUL, or resolve outside.
-    """
-    if not name or "\x00" in name:
-        raise FilenameOutsideWorkspace(name)
-    root = os.path.realpath(work_dir)
-    path = os.path.realpath(os.path.join(root, name))
-    if path == root or not path.startswith(root.rstrip(os.sep) + os.sep):
-        raise FilenameOutsideWorkspace(name)
-    return path
-
-
 def container_relative_path(name: str, root: str) -> str:
     """Return ``name`` relative to the POSIX ``root`` (the container's work dir), lexically.
 
