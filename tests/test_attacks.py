@@ -1077,6 +1077,38 @@ print("killed my shepherd", flush=True)
 """
 
 
+RELINKER = """
+import os, sys
+own = os.path.abspath(sys.argv[0])
+os.remove(own)
+os.symlink({target!r}, own)  # the generated file, deleted after the block, now points outside
+print("relinked", flush=True)
+"""
+
+
+def test_local_cleanup_never_follows_a_planted_symlink(tmp_path: Path) -> None:
+    """A block that swaps its generated file for a symlink out: cleanup removes the link, never the target."""
+    victim = tmp_path / "victim" / "keep.txt"
+    victim.parent.mkdir()
+    victim.write_text("precious", encoding="utf-8")
+    with local_executor(tmp_path / "work") as executor:
+        assert_exact(run(executor, RELINKER.format(target=str(victim))), 0, "relinked\n")
+    assert victim.read_text(encoding="utf-8") == "precious"
+    assert [p.name for p in (tmp_path / "work").iterdir()] == []  # the link itself was deleted
+
+
+@MODES
+def test_container_cleanup_never_follows_a_planted_symlink(engine: Engine, mode: str, tmp_path: Path) -> None:
+    """In the container too (supervisor or exec wrapper): deleting a generated file never follows a symlink."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious", encoding="utf-8")
+    volumes = {str(victim): {"bind": "/victim", "mode": "rw"}}
+    with container(engine, tmp_path, mode=mode, delete_tmp_files=True, extra_volumes=volumes) as executor:
+        assert_exact(run(executor, RELINKER.format(target="/victim/keep.txt")), 0, "relinked\n")
+    assert (victim / "keep.txt").read_text(encoding="utf-8") == "precious"
+
+
 def test_local_block_stopping_its_shepherd_gets_its_true_result(tmp_path: Path) -> None:
     """A block that SIGSTOPs its shepherd: the supervisor continues it; the true result comes back, in time."""
     with local_executor(tmp_path / "work") as executor:
