@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import pickle
@@ -404,6 +405,7 @@ class Tester:
     home: str
     python: str
     work: Path
+    code: Path  # a copy of the package and the attack driver that the user can read
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """``argv`` run as the user: its uid, gid and groups, no capabilities."""
@@ -415,8 +417,8 @@ class Tester:
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": self.home,
             "LANG": "C.UTF-8",
-            "PYTHONPATH": str(REPO),
-            "PYTHONDONTWRITEBYTECODE": "1",  # the checkout is not the user's to write
+            "PYTHONPATH": str(self.code),
+            "PYTHONDONTWRITEBYTECODE": "1",  # the copy is not the user's to write
         }
 
 
@@ -427,8 +429,19 @@ def _required(request: pytest.FixtureRequest, problem: str) -> NoReturn:
     pytest.skip(problem)
 
 
+def _readable_copy() -> Path:
+    """Copy the package and the attack driver where any user can read them (a CI checkout may
+    sit below a directory only root can enter, as mktemp -d makes)."""
+    code = Path(tempfile.mkdtemp(prefix="ccexec-tester-code-"))
+    shutil.copytree(REPO / "ccexec", code / "ccexec", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(HELPERS / "attack_driver.py", code / "attack_driver.py")
+    for path in [code, *code.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return code
+
+
 @pytest.fixture(scope="session")
-def tester_account(request: pytest.FixtureRequest) -> Tester:
+def tester_account(request: pytest.FixtureRequest) -> Iterator[Tester]:
     """The user, once it exists and can import ccexec; skip (or fail in CI) otherwise."""
     if os.geteuid() != 0:
         _required(request, "switching to another user needs root")
@@ -438,7 +451,8 @@ def tester_account(request: pytest.FixtureRequest) -> Tester:
         entry = pwd.getpwnam(TESTER)
     except KeyError:
         _required(request, f"there is no user {TESTER} (run scripts/test-engine.sh)")
-    account = Tester(entry.pw_uid, entry.pw_gid, entry.pw_dir, "", Path("/"))
+    code = _readable_copy()
+    account = Tester(entry.pw_uid, entry.pw_gid, entry.pw_dir, "", Path("/"), code)
     # sys.executable may live where the user cannot reach (pyenv under /root): take the first
     # interpreter the user can run that imports this checkout's ccexec, the system's first.
     for python in dict.fromkeys(["/usr/bin/python3", "/usr/local/bin/python3", sys.executable]):
@@ -451,8 +465,11 @@ def tester_account(request: pytest.FixtureRequest) -> Tester:
             check=False,
         )
         if probe.returncode == 0:
-            return Tester(entry.pw_uid, entry.pw_gid, entry.pw_dir, python, Path("/"))
-    _required(request, f"{TESTER} can run no Python that imports ccexec from {REPO} (is the checkout readable?)")
+            yield Tester(entry.pw_uid, entry.pw_gid, entry.pw_dir, python, Path("/"), code)
+            shutil.rmtree(code, ignore_errors=True)
+            return
+    shutil.rmtree(code, ignore_errors=True)
+    _required(request, f"{TESTER} can run no Python that imports ccexec from a readable copy in {code}")
 
 
 @pytest.fixture
@@ -462,7 +479,7 @@ def tester(tester_account: Tester) -> Iterator[Tester]:
     work = Path(tempfile.mkdtemp(prefix="ccexec-tester-"))
     os.chown(work, tester_account.uid, tester_account.gid)
     try:
-        yield Tester(tester_account.uid, tester_account.gid, tester_account.home, tester_account.python, work)
+        yield dataclasses.replace(tester_account, work=work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

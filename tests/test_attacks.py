@@ -645,7 +645,7 @@ class Driver:
             argv = [sys.executable, str(DRIVER), str(spec_path)]
             env = {**os.environ, "PYTHONPATH": str(REPO)}
         else:
-            argv = user.command([user.python, str(DRIVER), str(spec_path)])
+            argv = user.command([user.python, str(user.code / "attack_driver.py"), str(spec_path)])
             env = user.environment()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log, stderr=log, cwd=area, env=env)
