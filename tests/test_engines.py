@@ -25,6 +25,7 @@ from .conftest import (
     TEST_IMAGE,
     TEST_PREFIX,
     Engine,
+    machine_lock,
     orphan_label_args,
     unavailable,
 )
@@ -114,7 +115,8 @@ def ssh_endpoint(request: pytest.FixtureRequest, docker_engine: str) -> str:
     endpoint = out.stdout.strip()
     if out.returncode != 0 or not endpoint.startswith("ssh://"):
         unavailable(request, f"no docker context {SSH_CONTEXT} over ssh (run scripts/test-engine.sh --sshd)")
-    reached = cli("docker", "--context", SSH_CONTEXT, "image", "inspect", "--format", "{{.Id}}", docker_engine)
+    with machine_lock("engine", exclusive=False):  # session fixtures run before a test takes its lock
+        reached = cli("docker", "--context", SSH_CONTEXT, "image", "inspect", "--format", "{{.Id}}", docker_engine)
     if reached.returncode != 0:
         unavailable(request, f"the engine over {endpoint} did not answer: {reached.stderr.strip()[:300]}")
     return endpoint
