@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -29,6 +31,7 @@ nox.options.sessions = [
     *(f"versions-{version}" for version in DEFAULT_PYTHONS),
     "package",
     "integrations",
+    "peers",
 ]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
@@ -132,6 +135,99 @@ def integrations(session: nox.Session) -> None:
         *(session.posargs or ["-q"]),
         env={"CCEXEC_REQUIRE_FRAMEWORKS": "1", "PYTHONWARNDEFAULTENCODING": "1", "PYTHONDEVMODE": "1"},
     )
+
+
+#: autogen-ext's source distribution ships its executor tests; these run against ccexec's adapters.
+AUTOGEN_PEER_FILES = [
+    "code_executors/test_commandline_code_executor.py",
+    "code_executors/test_docker_commandline_code_executor.py",
+    "code_executors/test_user_defined_functions.py",
+]
+#: Tests where ccexec differs from the framework on purpose ("file::test" -> why); strict xfail.
+AUTOGEN_EXPECTED_FAILURES = {
+    "test_commandline_code_executor.py::test_local_commandline_code_executor_restart": (
+        "expects the warning that restart() takes no action; ccexec's restart kills running code and starts afresh"
+    ),
+    "test_commandline_code_executor.py::test_cleanup_temp_files_oserror": (
+        "mocks pathlib.Path.unlink in the test process; ccexec deletes code files in its supervisor process"
+    ),
+}
+AG2_PEER_FILES = ["coding/test_commandline_code_executor.py", "coding/test_user_defined_functions.py"]
+AG2_EXPECTED_FAILURES: dict[str, str] = {}
+
+
+@nox.session
+def peers(session: nox.Session) -> None:
+    """The frameworks' own executor test files, unmodified, against ccexec's adapters.
+
+    AutoGen's come from autogen-ext's source distribution on the package index. AG2's source
+    distribution ships no tests: pass the ``test`` directory of an AG2 checkout at the tag of
+    the pinned version, ``nox -s peers -- --ag2 PATH/ag2/test``; without it only AutoGen's run.
+    """
+    args = list(session.posargs)
+    ag2_tests = None
+    if "--ag2" in args:
+        at = args.index("--ag2")
+        ag2_tests = Path(args[at + 1]).resolve()
+        del args[at : at + 2]
+    session.install(*_group("test"), *_group("peers"), str(ROOT))
+    tmp = Path(session.create_tmp())
+    sdist_dir = tmp / "sdist"
+    autogen_ext = next(r for r in _group("peers") if r.startswith("autogen-ext"))
+    version = autogen_ext.split("==")[1]
+    session.run(
+        "python", "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+        "--dest", str(sdist_dir), f"autogen-ext=={version}",
+    )  # fmt: skip
+    (sdist,) = sdist_dir.glob("autogen_ext-*.tar.gz")
+    tests_dir = _extract_tests(sdist, tmp / "autogen", f"autogen_ext-{version}/")
+    _run_peer_tests(
+        session, "autogen", rootdir=tests_dir, files=AUTOGEN_PEER_FILES, expected_failures=AUTOGEN_EXPECTED_FAILURES,
+        args=args,
+    )  # fmt: skip
+    if ag2_tests is None:
+        session.log("AG2's test files were not given (nox -s peers -- --ag2 PATH/ag2/test): only AutoGen's ran")
+        return
+    _run_peer_tests(
+        session, "ag2", rootdir=ag2_tests.parent, files=AG2_PEER_FILES, expected_failures=AG2_EXPECTED_FAILURES,
+        args=args, under="test/",
+    )  # fmt: skip
+
+
+def _run_peer_tests(
+    session: nox.Session,
+    framework: str,
+    *,
+    rootdir: Path,
+    files: list[str],
+    expected_failures: dict[str, str],
+    args: list[str],
+    under: str = "tests/",
+) -> None:
+    """pytest on a framework's test files with our plugin (tests/peers/ccexec_peers.py) rebinding them."""
+    # asyncio_mode=auto: the frameworks' own pytest configuration (some async tests carry no marker).
+    options = ["-p", "ccexec_peers", "-p", "no:cacheprovider", "-o", "addopts=", "-o", "asyncio_mode=auto"]
+    env = {
+        "PYTHONPATH": str(ROOT / "tests" / "peers"),
+        "CCEXEC_PEERS_FRAMEWORK": framework,
+        "CCEXEC_PEERS_EXPECTED_FAILURES": json.dumps(expected_failures),
+    }
+    paths = [str(rootdir / under / name) for name in files]
+    session.chdir(rootdir)  # some tests run code with work_dir="." and keep its files: not in our checkout
+    session.run("pytest", *options, "--rootdir", str(rootdir), *(args or ["-q", "-rxX"]), *paths, env=env)
+
+
+def _extract_tests(sdist: Path, dest: Path, prefix: str) -> Path:
+    """Extract the ``tests/`` tree of a source distribution (below ``prefix``) into ``dest``."""
+    with tarfile.open(sdist) as archive:
+        members = [m for m in archive.getmembers() if m.name.startswith(prefix + "tests/") and m.isfile()]
+        for member in members:
+            target = dest / member.name[len(prefix) :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = archive.extractfile(member)
+            assert source is not None
+            target.write_bytes(source.read())
+    return dest
 
 
 #: The tests that need no container engine: they prove the local executor and the package.

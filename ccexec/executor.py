@@ -127,6 +127,11 @@ class BaseCommandLineExecutor:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    @property
+    def started(self) -> bool:
+        """Whether ``start()`` (or a first execution) has run and ``stop()`` has not since."""
+        return self._backend is not None
+
     def start(self) -> None:
         """Create the work dir and start the backend (the supervisor, the container) if not running.
 
@@ -344,10 +349,13 @@ def _check_arguments(
 ) -> float:
     """Raise InvalidArgumentError for a bad argument; return the setup timeout to use."""
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 1:
-        raise InvalidArgumentError(f"timeout must be a number of seconds >= 1, got {timeout!r}")
+        raise InvalidArgumentError(
+            f"Timeout must be greater than or equal to 1. Got timeout={timeout!r} (seconds per block)"
+        )
     if not isinstance(functions_module, str) or not functions_module.isidentifier():
         raise InvalidArgumentError(
-            f"functions_module must be a valid Python identifier, got {functions_module!r}",
+            f"Module name must be a valid Python identifier: functions_module={functions_module!r} "
+            "is the module blocks import the user functions from (e.g. 'functions')",
         )
     if not isinstance(max_output_bytes, int) or max_output_bytes < 1:
         raise InvalidArgumentError(

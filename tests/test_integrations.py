@@ -36,6 +36,7 @@ from autogen_agentchat.agents import CodeExecutorAgent  # noqa: E402
 from autogen_agentchat.base import TaskResult  # noqa: E402
 from autogen_agentchat.messages import CodeExecutionEvent, TextMessage  # noqa: E402
 from autogen_core import CancellationToken  # noqa: E402
+from autogen_core.code_executor import CodeBlock  # noqa: E402
 from autogen_ext.code_executors._common import CommandLineCodeResult  # noqa: E402
 from autogen_ext.models.replay import ReplayChatCompletionClient  # noqa: E402
 
@@ -87,16 +88,15 @@ def test_autogen_code_executor_agent_runs_block_in_docker(docker_engine: str, tm
 
 @pytest.mark.parametrize("from_thread", [False, True], ids=["in-loop", "other-thread"])
 def test_autogen_cancellation_token_kills_running_block(tmp_path: Path, from_thread: bool) -> None:
-    """Cancelling the token mid-run (from the loop or another thread) kills the block at once."""
+    """Cancelling the token mid-run (from the loop or another thread) kills the block at once;
+    the call returns AutoGen's cancellation result."""
     pid_file = tmp_path / "pid"
     code = f"import os, time\nopen({str(pid_file)!r}, 'w', encoding='ascii').write(str(os.getpid()))\ntime.sleep(60)"
-    client = ReplayChatCompletionClient([f"```python\n{code}\n```"])
 
-    async def main() -> float:
+    async def main() -> tuple[CommandLineCodeResult, float]:
         token = CancellationToken()
         async with _local_autogen(tmp_path) as executor:
-            agent = CodeExecutorAgent("runner", code_executor=executor, model_client=client)
-            run = asyncio.ensure_future(agent.run(task="sleep", cancellation_token=token))
+            run = asyncio.ensure_future(executor.execute_code_blocks([CodeBlock(code, "python")], token))
             while not pid_file.exists() or not pid_file.read_text(encoding="ascii"):
                 await asyncio.sleep(0.02)
             started = time.monotonic()
@@ -105,11 +105,12 @@ def test_autogen_cancellation_token_kills_running_block(tmp_path: Path, from_thr
                 threading.Timer(0.1, token.cancel).start()
             else:
                 asyncio.get_running_loop().call_later(0.1, token.cancel)
-            with pytest.raises(asyncio.CancelledError):
-                await run
-            return time.monotonic() - started
+            result = await run
+            return result, time.monotonic() - started
 
-    assert asyncio.run(main()) < 2
+    result, seconds = asyncio.run(main())
+    assert (result.exit_code, result.output) == (125, "\nCancelled")
+    assert seconds < 2
     assert not pid_alive(int(pid_file.read_text(encoding="ascii")))
 
 
@@ -166,3 +167,55 @@ def test_import_without_framework_names_the_package(module: str, advice: str) ->
     last_line = done.stderr.strip().splitlines()[-1]
     assert last_line.startswith(f"ImportError: ccexec.integrations.{module} needs")
     assert last_line.endswith(advice)
+
+
+def test_autogen_functions_with_requirements_write_their_imports(tmp_path: Path) -> None:
+    """AutoGen's own FunctionWithRequirements (a callable's and from_str's) reach the functions module with
+    their global imports, and blocks import them."""
+    from autogen_core.code_executor import Alias, FunctionWithRequirements, ImportFromModule
+
+    source = "def joined(parts):\n    return sep.join(sorted(parts)) + str(pi_module.pi > 3)\n"
+    func = FunctionWithRequirements.from_str(
+        source, global_imports=[ImportFromModule("os", [Alias("sep", "sep")]), Alias("math", "pi_module")]
+    )
+
+    async def main() -> CommandLineCodeResult:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            executor = autogen.LocalCommandLineCodeExecutor(timeout=10, work_dir=tmp_path, functions=[func])
+        async with executor:
+            assert "def joined(parts):" in executor.format_functions_for_prompt()
+            code = f"from {executor.functions_module} import joined\nprint(joined(['b', 'a']))"
+            return await executor.execute_code_blocks([CodeBlock(code, "python")], CancellationToken())
+
+    result = asyncio.run(main())
+    assert (result.exit_code, result.output) == (0, "a/bTrue\n")
+
+
+def test_autogen_component_round_trip_keeps_ccexec_options(tmp_path: Path) -> None:
+    """dump_component() / load_component() keep AutoGen's fields and ccexec's own options."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        executor = autogen.LocalCommandLineCodeExecutor(
+            timeout=7, work_dir=tmp_path, cleanup_temp_files=False, max_output_bytes=4096, env={"A": "1"}
+        )
+        loaded = autogen.LocalCommandLineCodeExecutor.load_component(executor.dump_component())
+    assert isinstance(loaded, autogen.LocalCommandLineCodeExecutor)
+    assert (loaded.work_dir, loaded.timeout, loaded.executor.cleanup_temp_files) == (tmp_path, 7, False)
+    config = executor.dump_component().config
+    assert config["ccexec_options"] == {"max_output_bytes": 4096, "env": {"A": "1"}}
+
+
+def test_autogen_docker_work_dir_before_start(docker_engine: str) -> None:
+    """As AutoGen's: the Docker adapter's temporary work dir is a RuntimeError before start(), and
+    exists from start() to stop()."""
+    executor = autogen.DockerCommandLineCodeExecutor(docker_engine, f"{TEST_PREFIX}{os.urandom(4).hex()}")
+    with pytest.raises(RuntimeError, match="Working directory not properly initialized"):
+        _ = executor.work_dir
+
+    async def main() -> Path:
+        async with executor:
+            assert executor.work_dir.is_dir()
+            return executor.work_dir
+
+    assert not asyncio.run(main()).exists()
