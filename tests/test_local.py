@@ -165,6 +165,17 @@ def test_cleanup_keeps_named_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.py"]
 
 
+def test_block_replacing_its_own_file_still_gets_its_result(tmp_path: Path) -> None:
+    """A block that turns its own generated file into a directory: the file cannot be deleted, the
+    result comes back all the same (AutoGen logs the error and returns the result too)."""
+    code = "import os, sys; os.remove(sys.argv[0]); os.mkdir(sys.argv[0]); print('swapped')"
+    with make(tmp_path) as executor:
+        result = executor.execute_code_blocks([CodeBlock(code, "python")])
+    assert (result.exit_code, result.output) == (0, "swapped\n")
+    assert result.code_file is not None
+    assert Path(result.code_file).is_dir()
+
+
 def test_no_cleanup_keeps_files(tmp_path: Path) -> None:
     """With cleanup_temp_files=False the generated file stays and holds the code."""
     executor = make(tmp_path, cleanup_temp_files=False)
