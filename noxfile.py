@@ -29,6 +29,7 @@ nox.options.sessions = [
     *(f"versions-{version}" for version in DEFAULT_PYTHONS),
     "package",
     "integrations",
+    "mcp",
 ]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
@@ -61,6 +62,7 @@ def tests(session: nox.Session) -> None:
         "pytest",
         *XDIST,
         "--ignore=tests/test_attacks.py",  # the attacks session runs them, one at a time
+        "--ignore=tests/test_mcp_sdk.py",  # the mcp session runs them, with the SDK installed
         *(session.posargs or ["-q"]),
         env={"PYTHONWARNDEFAULTENCODING": "1", "PYTHONDEVMODE": "1"},
     )
@@ -134,6 +136,21 @@ def integrations(session: nox.Session) -> None:
     )
 
 
+#: The official MCP SDK's releases whose stdio client drives `ccexec mcp`: the last 1.x and the current 2.x.
+MCP_SDKS = ["1.30.0", "2.3.0"]
+
+
+@nox.session
+@nox.parametrize("sdk", MCP_SDKS)
+def mcp(session: nox.Session, sdk: str) -> None:
+    """`ccexec mcp` driven by the MCP SDK's stdio client (and an agent framework's); missing packages fail."""
+    session.install(*_group("test"), f"mcp=={sdk}")
+    session.run(
+        "pytest", *XDIST, "tests/test_mcp_sdk.py", *(session.posargs or ["-q"]),
+        env={"CCEXEC_REQUIRE_MCP": "1", "PYTHONWARNDEFAULTENCODING": "1"},
+    )  # fmt: skip
+
+
 #: The tests that need no container engine: they prove the local executor and the package.
 LOCAL_TESTS = [
     "tests/test_local.py",
@@ -145,6 +162,7 @@ LOCAL_TESTS = [
     "tests/test_vendoring.py",
     "tests/test_packaging.py",
     "tests/test_protocol.py",
+    "tests/test_mcp.py",
 ]
 
 
