@@ -62,7 +62,8 @@ def tests(session: nox.Session) -> None:
         "pytest",
         *XDIST,
         "--ignore=tests/test_attacks.py",  # the attacks session runs them, one at a time
-        "--ignore=tests/test_mcp_sdk.py",  # the mcp session runs them, with the SDK installed
+        "--ignore=tests/test_mcp_sdk.py",  # the mcp session runs these two, with the SDK installed
+        "--ignore=tests/test_mcp_framework.py",
         *(session.posargs or ["-q"]),
         env={"PYTHONWARNDEFAULTENCODING": "1", "PYTHONDEVMODE": "1"},
     )
@@ -145,10 +146,12 @@ MCP_SDKS = ["1.30.0", "2.3.0"]
 def mcp(session: nox.Session, sdk: str) -> None:
     """`ccexec mcp` driven by the MCP SDK's stdio client (and an agent framework's); missing packages fail."""
     session.install(*_group("test"), f"mcp=={sdk}")
-    session.run(
-        "pytest", *XDIST, "tests/test_mcp_sdk.py", *(session.posargs or ["-q"]),
-        env={"CCEXEC_REQUIRE_MCP": "1", "PYTHONWARNDEFAULTENCODING": "1"},
-    )  # fmt: skip
+    files, env = ["tests/test_mcp_sdk.py"], {"CCEXEC_REQUIRE_MCP": "1", "PYTHONWARNDEFAULTENCODING": "1"}
+    if sdk == MCP_SDKS[-1]:  # the framework's client is built on the current SDK
+        session.install(*_group("mcp-framework"))
+        files.append("tests/test_mcp_framework.py")
+        env["CCEXEC_REQUIRE_FRAMEWORK"] = "1"
+    session.run("pytest", *XDIST, *files, *(session.posargs or ["-q"]), env=env)
 
 
 #: The tests that need no container engine: they prove the local executor and the package.

@@ -41,8 +41,11 @@ _RESULT_SCHEMA: JSON = {
         "exit_code": {"type": "integer", "description": "the process's exit code (124: timed out)"},
         "timed_out": {"type": "boolean", "description": "whether the block was killed at its timeout"},
         "truncated": {"type": "boolean", "description": "whether output was cut to the size limit"},
+        # The output again: some hosts show the model only structuredContent when there is one
+        # (Microsoft Agent Framework by default), and the model must see what the code printed.
+        "output": {"type": "string", "description": "stdout and stderr, as in the text content"},
     },
-    "required": ["exit_code", "timed_out", "truncated"],
+    "required": ["exit_code", "timed_out", "truncated", "output"],
 }
 
 
@@ -178,15 +181,14 @@ class Tools:
             raise Refusal(f'"timeout" must be a number of seconds from 1 to {self._timeout:g}, got {timeout!r}')
         block = CodeBlock(code, language)
         result = self._executor._execute([block], cancel, on_output=progress, timeout=float(timeout))
-        summary = {"exit_code": result.exit_code, "timed_out": result.timed_out, "truncated": result.truncated}
         reply: JSON = {"content": [{"type": "text", "text": result.output}], "isError": result.exit_code != 0}
+        if result.exit_code != 0:  # for hosts that show the text only
+            reply["content"].append({"type": "text", "text": f"[exit code {result.exit_code}]"})
         if structured:
-            import json
-
-            reply["structuredContent"] = summary
-            reply["content"].append({"type": "text", "text": json.dumps(summary)})
-        elif result.exit_code != 0:
-            reply["content"].append({"type": "text", "text": f"exit code {result.exit_code}"})
+            reply["structuredContent"] = {
+                "exit_code": result.exit_code, "timed_out": result.timed_out, "truncated": result.truncated,
+                "output": result.output,
+            }  # fmt: skip
         return reply
 
     def _open_root(self) -> int:

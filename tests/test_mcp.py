@@ -74,7 +74,7 @@ def test_tools_list_has_the_four_tools_and_the_rules(server: RawServer) -> None:
     description = tools["run_code"]["description"]
     for rule in ("new process", "files do", "Stdin is closed", "20 seconds"):
         assert rule in description
-    assert tools["run_code"]["outputSchema"]["required"] == ["exit_code", "timed_out", "truncated"]
+    assert tools["run_code"]["outputSchema"]["required"] == ["exit_code", "timed_out", "truncated", "output"]
     assert tools["run_code"]["inputSchema"]["required"] == ["code"]
 
 
@@ -91,7 +91,9 @@ def test_run_code_returns_output_and_structured_content(server: RawServer) -> No
     """Output as text; exit code, timed_out and truncated as structuredContent."""
     result = server.tool("run_code", {"code": "import os; print('hi', os.getcwd())"})
     assert result["isError"] is False
-    assert result["structuredContent"] == {"exit_code": 0, "timed_out": False, "truncated": False}
+    assert result["structuredContent"] == {
+        "exit_code": 0, "timed_out": False, "truncated": False, "output": text_of(result),
+    }  # fmt: skip
     assert text_of(result).startswith("hi /")
 
 
@@ -116,7 +118,9 @@ def test_timeout_kills_the_block_and_reports_124(server: RawServer) -> None:
     start = time.monotonic()
     result = server.tool("run_code", {"code": "import time; time.sleep(30)", "timeout": 1})
     assert time.monotonic() - start < 10
-    assert result["structuredContent"] == {"exit_code": 124, "timed_out": True, "truncated": False}
+    assert result["structuredContent"] | {"output": ""} == {
+        "exit_code": 124, "timed_out": True, "truncated": False, "output": "",
+    }  # fmt: skip
     assert "Timeout" in text_of(result)
 
 
