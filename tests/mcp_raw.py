@@ -32,8 +32,9 @@ class RawServer:
         self.bad: list[bytes] = []
         self.stderr = bytearray()
         self._ids = iter(range(1_000_000, 2_000_000))
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._readers = [threading.Thread(target=f, daemon=True) for f in (self._read, self._read_stderr)]
+        for reader in self._readers:
+            reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -112,6 +113,11 @@ class RawServer:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
+            for reader in self._readers:
+                reader.join(5)
+            for pipe in (self.proc.stdout, self.proc.stderr):
+                if pipe is not None:
+                    pipe.close()
 
     def __enter__(self) -> RawServer:
         return self

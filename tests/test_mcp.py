@@ -29,7 +29,8 @@ def chunk(kind, data):
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 png = b"\\x89PNG\\r\\n\\x1a\\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
 png += chunk(b"IDAT", zlib.compress(b"\\x00\\xff\\x00\\x00")) + chunk(b"IEND", b"")
-open("plot.png", "wb").write(png)
+with open("plot.png", "wb") as handle:
+    handle.write(png)
 print(len(png))
 """
 
@@ -196,7 +197,8 @@ def test_files_written_read_and_listed(server: RawServer, tmp_path: Path) -> Non
     """write_file makes parents; code sees the file; read_file and list_files show it; all in the work dir."""
     assert server.tool("write_file", {"path": "data/in.txt", "content": "héllo\n"})["isError"] is False
     assert (tmp_path / "data" / "in.txt").read_text(encoding="utf-8") == "héllo\n"
-    result = server.tool("run_code", {"code": "print(open('data/in.txt', encoding='utf-8').read().upper(), end='')"})
+    code = "from pathlib import Path; print(Path('data/in.txt').read_text(encoding='utf-8').upper(), end='')"
+    result = server.tool("run_code", {"code": code})
     assert text_of(result) == "HÉLLO\n"
     assert text_of(server.tool("read_file", {"path": "data/in.txt"})) == "héllo\n"
     assert text_of(server.tool("list_files", {})) == "data/"
