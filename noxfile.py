@@ -31,7 +31,8 @@ nox.options.sessions = [
     *(f"versions-{version}" for version in DEFAULT_PYTHONS),
     "package",
     "integrations",
-    "peers",
+    "mcp",
+    "peers",  # after the others: AutoGen's own test files, against the adapters
 ]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
@@ -64,6 +65,8 @@ def tests(session: nox.Session) -> None:
         "pytest",
         *XDIST,
         "--ignore=tests/test_attacks.py",  # the attacks session runs them, one at a time
+        "--ignore=tests/test_mcp_sdk.py",  # the mcp session runs these two, with the SDK installed
+        "--ignore=tests/test_mcp_framework.py",
         *(session.posargs or ["-q"]),
         env={"PYTHONWARNDEFAULTENCODING": "1", "PYTHONDEVMODE": "1"},
     )
@@ -230,6 +233,23 @@ def _extract_tests(sdist: Path, dest: Path, prefix: str) -> Path:
     return dest
 
 
+#: The official MCP SDK's releases whose stdio client drives `ccexec mcp`: the last 1.x and the current 2.x.
+MCP_SDKS = ["1.30.0", "2.3.0"]
+
+
+@nox.session
+@nox.parametrize("sdk", MCP_SDKS)
+def mcp(session: nox.Session, sdk: str) -> None:
+    """`ccexec mcp` driven by the MCP SDK's stdio client (and an agent framework's); missing packages fail."""
+    session.install(*_group("test"), f"mcp=={sdk}")
+    files, env = ["tests/test_mcp_sdk.py"], {"CCEXEC_REQUIRE_MCP": "1", "PYTHONWARNDEFAULTENCODING": "1"}
+    if sdk == MCP_SDKS[-1]:  # the framework's client is built on the current SDK
+        session.install(*_group("mcp-framework"))
+        files.append("tests/test_mcp_framework.py")
+        env["CCEXEC_REQUIRE_FRAMEWORK"] = "1"
+    session.run("pytest", *XDIST, *files, *(session.posargs or ["-q"]), env=env)
+
+
 #: The tests that need no container engine: they prove the local executor and the package.
 LOCAL_TESTS = [
     "tests/test_local.py",
@@ -241,6 +261,7 @@ LOCAL_TESTS = [
     "tests/test_vendoring.py",
     "tests/test_packaging.py",
     "tests/test_protocol.py",
+    "tests/test_mcp.py",
 ]
 
 

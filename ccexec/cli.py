@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from .blocks import CodeBlock
 from .errors import CcexecError, InvalidArgumentError
+from .executor import DEFAULT_MAX_OUTPUT_BYTES
 from .results import CommandLineCodeResult
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._capture import OutputCallback
+    from .executor import BaseCommandLineExecutor
 
 _SUFFIX_LANGUAGES = {".py": "python", ".sh": "sh", ".bash": "bash", ".ps1": "pwsh"}
 
@@ -37,14 +43,19 @@ def _parser() -> argparse.ArgumentParser:
         "each as a file in a new process; stop at the first failure; exit with its exit code.",
     )
     run.add_argument("file", help="a Markdown file (.md), a script, or - for Markdown on stdin")
-    run.add_argument("--timeout", type=float, default=60, help="seconds per block (default: 60)")
-    run.add_argument(
-        "--work-dir",
-        help="directory the blocks run in and write to (default: a temporary one, removed afterwards)",
-    )
     run.add_argument("--language", help="language of a script whose suffix does not tell")
     run.add_argument("--json", action="store_true", help="print the result as JSON instead of streaming output")
+    add_backend_arguments(run, default="local", hardened=False)
     run.set_defaults(handler=_run)
+    mcp = commands.add_parser(
+        "mcp",
+        help="serve the Model Context Protocol on stdio (tools run_code, write_file, read_file, list_files)",
+        description="An MCP server on stdin/stdout for agent hosts: JSON-RPC, one message per line. Code runs "
+        "in a hardened Docker container by default; --local runs it on this host (not a sandbox). Ends, killing "
+        "running code and removing the container, when stdin closes.",
+    )
+    add_backend_arguments(mcp, default="docker", hardened=True)
+    mcp.set_defaults(handler=_mcp)
     gc = commands.add_parser(
         "gc",
         help="remove ccexec containers whose owner process is gone",
@@ -65,6 +76,102 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--image", default="python:3-slim", help="image to look for (default: python:3-slim)")
     doctor.set_defaults(handler=_doctor)
     return parser
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser, *, default: str, hardened: bool) -> None:
+    """Add the flags choosing where code runs, and its limits (shared by ``run`` and ``mcp``)."""
+    where = parser.add_argument_group("where code runs").add_mutually_exclusive_group()
+    where.add_argument(
+        "--docker", dest="backend", action="store_const", const="docker",
+        help="in a Docker (or Podman) container" + (" (the default)" if default == "docker" else ""),
+    )  # fmt: skip
+    where.add_argument(
+        "--local", dest="backend", action="store_const", const="local",
+        help="on this host, with your permissions: not a sandbox" + (" (the default)" if default == "local" else ""),
+    )  # fmt: skip
+    # A future host sandbox (--sandbox) is one more const here and one more branch in make_executor.
+    parser.set_defaults(backend=default)
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--timeout", type=float, default=60, help="seconds per block (default: 60)")
+    limits.add_argument(
+        "--work-dir", help="directory the blocks run in and write to (default: a temporary one, removed at the end)"
+    )
+    limits.add_argument(
+        "--max-output-bytes", type=int, default=DEFAULT_MAX_OUTPUT_BYTES,
+        help=f"output kept per block, head and tail (default: {DEFAULT_MAX_OUTPUT_BYTES})",
+    )  # fmt: skip
+    docker = parser.add_argument_group("container (with --docker)")
+    docker.add_argument("--image", default="python:3-slim", help="image to run blocks in (default: python:3-slim)")
+    docker.add_argument("--engine", default="docker", help="client command: docker or podman (default: docker)")
+    docker.add_argument(
+        "--hardened", action=argparse.BooleanOptionalAction, default=hardened,
+        help="no network, read-only root, no capabilities, non-root user, 512m, 1 CPU, 256 pids "
+        f"(default: {'on' if hardened else 'off'}); the flags below override single limits",
+    )  # fmt: skip
+    docker.add_argument("--container-name", help="the container's name (default: ccexec- and a random suffix)")
+    docker.add_argument("--network", help="docker run --network (e.g. none, bridge)")
+    docker.add_argument("--memory", help="docker run --memory (e.g. 512m)")
+    docker.add_argument("--cpus", type=float, help="docker run --cpus")
+    docker.add_argument("--pids-limit", type=int, help="docker run --pids-limit")
+
+
+def make_executor(args: argparse.Namespace, *, on_output: OutputCallback = None) -> BaseCommandLineExecutor:
+    """The executor the backend flags ask for (not started)."""
+    options = {"timeout": args.timeout, "work_dir": args.work_dir, "max_output_bytes": args.max_output_bytes}
+    if args.backend == "local":
+        import warnings
+
+        from .local import LocalCommandLineCodeExecutor
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the user chose --local; callers say so themselves
+            return LocalCommandLineCodeExecutor(on_output=on_output, **options)
+    from .docker import DockerCommandLineCodeExecutor
+
+    return DockerCommandLineCodeExecutor(
+        args.image, args.container_name, docker=args.engine, hardened=args.hardened, network=args.network,
+        memory=args.memory, cpus=args.cpus, pids_limit=args.pids_limit, on_output=on_output, **options,
+    )  # fmt: skip
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from .mcp import serve_stdio, tools_for
+
+    executor = make_executor(args)
+    if args.backend == "local":
+        print(
+            "ccexec mcp: --local: code runs on this host with your permissions; this is not a sandbox "
+            "(use --docker for code you do not trust)",
+            file=sys.stderr,
+        )
+    try:
+        executor.start()  # now, so that a missing engine ends the server at once, not at the first call
+    except CcexecError as exc:
+        executor.stop()
+        print(f"ccexec mcp: cannot start the {args.backend} backend: {exc}", file=sys.stderr)
+        if args.backend == "docker":
+            _advise(args.engine, args.image)
+        return 1
+    print(f"ccexec mcp: serving on stdio; {_describe(args, executor)}, work dir {executor.work_dir}", file=sys.stderr)
+    return serve_stdio(executor, tools_for(executor, args))
+
+
+def _advise(engine: str, image: str) -> None:
+    """Print what ``ccexec doctor`` finds wrong, and the way out."""
+    from .doctor import diagnose
+
+    for check in diagnose(engine, image):
+        if not check.ok:
+            print(check.render(), file=sys.stderr)
+    print(f"Run `python -m ccexec doctor --docker {engine} --image {image}` for the full report, or pass --local "
+          "to run code on this host (not a sandbox).", file=sys.stderr)  # fmt: skip
+
+
+def _describe(args: argparse.Namespace, executor: Any) -> str:
+    if args.backend == "local":
+        return "code runs on this host (--local, not a sandbox)"
+    hardened = " (hardened)" if args.hardened else ""
+    return f"code runs in {args.engine} container {executor.container_name} of image {args.image}{hardened}"
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -102,19 +209,13 @@ def _read_blocks(path: str, language: str | None) -> list[CodeBlock]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .local import LocalCommandLineCodeExecutor
-
     blocks = _read_blocks(args.file, args.language)
     if not blocks:
         print(f"ccexec: no code blocks found in {args.file}", file=sys.stderr)
         return 0
     on_output = None if args.json else _stream_to_stdout
     sys.stdout.flush()  # output is streamed to the binary buffer below: keep earlier text first
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the CLI user chose to run this file here
-        executor = LocalCommandLineCodeExecutor(timeout=args.timeout, work_dir=args.work_dir, on_output=on_output)
+    executor = make_executor(args, on_output=on_output)
     with executor:
         result = executor.execute_code_blocks(blocks)
     if args.json:

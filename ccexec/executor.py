@@ -228,15 +228,25 @@ class BaseCommandLineExecutor:
         blocks = coerce_blocks(code_blocks)
         return await in_thread_cancellable(lambda cancel: self._execute(blocks, cancel))
 
-    def _execute(self, blocks: list[CodeBlock], cancel: Cancel | None) -> CommandLineCodeResult:
+    def _execute(
+        self,
+        blocks: list[CodeBlock],
+        cancel: Cancel | None,
+        *,
+        on_output: OutputCallback = None,
+        timeout: float | None = None,
+    ) -> CommandLineCodeResult:
+        """Run the blocks; ``on_output`` and ``timeout``, when given, replace the executor's for this call."""
         from ._client import Cancel
 
         backend = self._live_backend()
         cancel = cancel or Cancel()
         with self._calls.track(cancel):
-            return self._run_blocks(backend, blocks, cancel)
+            return self._run_blocks(backend, blocks, cancel, on_output or self._on_output, timeout or self._timeout)
 
-    def _run_blocks(self, backend: Backend, blocks: list[CodeBlock], cancel: Cancel) -> CommandLineCodeResult:
+    def _run_blocks(
+        self, backend: Backend, blocks: list[CodeBlock], cancel: Cancel, on_output: OutputCallback, timeout: float
+    ) -> CommandLineCodeResult:
         """Plan the blocks, run them chained (generated files deleted as each ends), stop at the first failure."""
         import contextlib
 
@@ -246,21 +256,21 @@ class BaseCommandLineExecutor:
 
         env, clear_env = self._block_env()
         planned, refusal = plan(
-            blocks, self._languages, backend.code_dir(), self._timeout, env, clear_env, self._delete_generated
+            blocks, self._languages, backend.code_dir(), timeout, env, clear_env, self._delete_generated
         )
-        captures = [OutputCapture(self._max_output_bytes, self._on_output) for _ in planned]
+        captures = [OutputCapture(self._max_output_bytes, on_output) for _ in planned]
         results: list[BlockResult] = []
         with contextlib.closing(backend.run([p.request for p in planned], captures, cancel)) as ends:
             for step, capture, end in zip(planned, captures, ends):
                 code_file, signals = backend.code_file(step.relative), backend.negative_signals
-                results.append(block_result(step.block, end, capture, code_file, self._timeout, signals))
+                results.append(block_result(step.block, end, capture, code_file, timeout, signals))
                 if results[-1].exit_code != 0:
                     break
             else:
                 if refusal is not None and not cancel.is_set():
                     language, message = refusal
-                    if self._on_output is not None:
-                        self._on_output(message.encode("utf-8"))  # streamed like any output
+                    if on_output is not None:
+                        on_output(message.encode("utf-8"))  # streamed like any output
                     results.append(BlockResult(language, 1, message, None))
         return CommandLineCodeResult.from_blocks(results)
 
