@@ -410,3 +410,21 @@ def test_value_classes_compare_hash_pickle_and_freeze() -> None:
     result = ccexec.CommandLineCodeResult(1, "x", "f.py", blocks=(ccexec.BlockResult("py", 1, "x", "f.py", 0.5),))
     assert pickle.loads(pickle.dumps(result)) == result
     assert copy.deepcopy(result) == result
+
+
+def test_exec_start_gate_tells_the_wrapper_from_the_docker_client() -> None:
+    """Exec mode: output counts as the block's only after the wrapper's start line (split anywhere);
+    a docker client's own error (container not running) is kept apart, never shown as the block's."""
+    from ccexec._capture import OutputCapture
+    from ccexec.backends.docker_exec import STARTED, _StartGate
+
+    capture = OutputCapture(1 << 10)
+    gate = _StartGate(capture)
+    for chunk in (STARTED[:3], STARTED[3:] + b"hel", b"lo\n"):
+        gate.feed(chunk)
+    assert (gate.started, capture.text()) == (True, "hello\n")
+    capture = OutputCapture(1 << 10)
+    gate = _StartGate(capture)
+    gate.feed(b"Error response from daemon: Container abc is not running\n")
+    assert (gate.started, capture.text()) == (False, "")
+    assert gate.rejected.startswith(b"Error response from daemon")

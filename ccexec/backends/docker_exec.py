@@ -50,7 +50,12 @@ SCRUB = (
     "if command -v find >/dev/null; then find /workspace -xdev \\( -type b -o -type c \\) -exec rm -f {} + "
     "2>/dev/null; find /workspace -xdev -type f -perm /6000 -exec chmod ug-s {} + 2>/dev/null; fi"
 )
+# The wrapper's first output, before the block runs: seeing it proves the exec started. A docker
+# client that could not exec (the container just stopped, say) prints its own error instead,
+# with an exit code (1, 125, 126, 255) that a block may also use.
+STARTED = b"ccexec: exec started\n"
 WRAPPER = (
+    "printf 'ccexec: exec started\\n'; "
     'keep=$1; f=$2; c=$3; shift 3; if [ "$f" != - ]; then d=${f%/*}; { [ "$d" = "$f" ] || mkdir -p "$d"; } && '
     'cat > "$f" || { echo "ccexec: cannot write $f" >&2; exit 1; }; fi; "$@" < /dev/null; rc=$?; '
     + SWEEP
@@ -72,12 +77,13 @@ class ExecBackend:
         self._main: subprocess.Popen[bytes] | None = None
         self._reader = "0"  # the pid of PID 1's stdin reader, which sweeps spare
         self._started = False
+        self._gone = False  # the container was found gone: not alive, whatever the main client says yet
         self._python: str | None = None
         self._serial = threading.Lock()  # one block at a time: a block's end kills all but PID 1
 
     @property
     def alive(self) -> bool:
-        if not self._started:
+        if not self._started or self._gone:
             return False
         return self._main is None or self._main.poll() is None
 
@@ -146,14 +152,23 @@ class ExecBackend:
         )
         code = request.code.encode("utf-8", "surrogateescape") if request.path is not None else b""
         start = time.monotonic()
+        gate = _StartGate(capture)
         exit_code, timed_out, cancelled = _run_client(
-            exec_argv, code, {**os.environ, **request.env}, request.timeout, capture, cancel
+            exec_argv, code, {**os.environ, **request.env}, request.timeout, gate, cancel
         )
+        if not gate.started and not (timed_out or cancelled):
+            said = gate.rejected.decode("utf-8", "replace").strip()
+            if not self._running():
+                self._gone = True
+                raise ContainerGoneError(container=self._spec.name, reason=f"it stopped before the block ran: {said}")
+            raise DockerError(f"docker exec could not start the block (exit code {exit_code}): {said}", output=said)
         if timed_out or cancelled or exit_code > 128:
             self.sweep()  # the wrapper was cut short, or the block killed it: it may not have swept
         if exit_code in (125, 255) and not self._running():
+            self._gone = True
             raise ContainerGoneError(container=self._spec.name, reason="it stopped during the block")
         if self._main is not None and self._main.poll() is not None:
+            self._gone = True
             raise ContainerGoneError(
                 container=self._spec.name, reason="its main process ended", exit_status=self._main.returncode
             )
@@ -205,6 +220,36 @@ class ExecBackend:
             main.stderr.close()
 
 
+class _StartGate:
+    """Passes an exec's output on to the capture once the wrapper's STARTED line came first (dropped).
+
+    Anything else first is the docker client's own words: kept in ``rejected``, never shown as
+    the block's output.
+    """
+
+    def __init__(self, capture: OutputCapture) -> None:
+        self._capture = capture
+        self.started = False
+        self.rejected = b""
+        self._head = b""
+
+    def feed(self, chunk: bytes) -> None:
+        if self.started:
+            self._capture.feed(chunk)
+        elif self.rejected:
+            self.rejected = (self.rejected + chunk)[:4096]
+        else:
+            head = self._head + chunk
+            if head.startswith(STARTED):
+                self.started, self._head = True, b""
+                if len(head) > len(STARTED):
+                    self._capture.feed(head[len(STARTED) :])
+            elif STARTED.startswith(head):
+                self._head = head  # not all of it yet
+            else:
+                self.rejected, self._head = head[:4096], b""
+
+
 def _read_line(stream: object, deadline: float) -> bytes:
     """Read one line from a pipe with a deadline (b'' when none came)."""
     fd = stream.fileno()  # type: ignore[attr-defined]
@@ -223,7 +268,7 @@ def _read_line(stream: object, deadline: float) -> bytes:
 
 
 def _run_client(  # noqa: PLR0917 - one call site, every argument needed
-    argv: list[str], stdin: bytes, env: dict[str, str], timeout: float, capture: OutputCapture, cancel: Cancel
+    argv: list[str], stdin: bytes, env: dict[str, str], timeout: float, capture: _StartGate, cancel: Cancel
 ) -> tuple[int, bool, bool]:
     """Run a docker client with ``stdin`` fed; capture its output until it exits, the deadline or cancel.
 
