@@ -47,6 +47,7 @@ FILES_IN_WORK_DIR = 10_000
 
 def _make_data(root: Path) -> dict[str, Path]:
     """One 100 MB file and a folder of 1,000 files of 1 KiB (random bytes)."""
+    root.mkdir(parents=True)
     big = root / "big.bin"
     with open(big, "wb") as handle:
         for _ in range(100):
@@ -78,6 +79,7 @@ def copy_section(tmp: Path) -> Section:
         IMAGE, container_name("files"), work_dir=tmp / "work", mount_work_dir=False
     )
     with executor:
+        docker("exec", executor.container_name, "mkdir", "-p", "/workspace/plain")  # docker cp makes no folder
         counter = [0]
 
         def fresh() -> Path:
@@ -96,7 +98,6 @@ def copy_section(tmp: Path) -> Section:
             def plain(source: Path = source, name: str = name) -> None:
                 out = fresh()
                 out.parent.mkdir(parents=True, exist_ok=True)
-                docker("exec", executor.container_name, "mkdir", "-p", "/workspace/plain")
                 docker("cp", str(source), f"{executor.container_name}:/workspace/plain/")
                 docker("cp", f"{executor.container_name}:/workspace/plain/{name}", str(out))
                 shutil.rmtree(out.parent, ignore_errors=True)
@@ -121,8 +122,8 @@ def copy_section(tmp: Path) -> Section:
     notes = [
         "Both go through the same engine API (`docker cp` streams a tar); ccexec writes and reads that tar "
         "itself (Python `tarfile`) so it can check every member before it touches the host disk.",
-        "Plain `docker cp` needs a `docker exec mkdir` first (it does not make a missing folder); that call "
-        "is in its time, as ccexec makes folders within its one call.",
+        "Plain `docker cp` copies into a folder made before the rounds (it makes no missing folder); "
+        "ccexec makes its folder within its one call.",
     ]
     return Section("Files in and out (docker cp, no mount)", table, notes, targets)
 

@@ -26,12 +26,13 @@ def now_ns():
     return time.clock_gettime_ns(COARSE_CLOCK)
 
 
-def changed(root, since_ns, limit, skip=()):
-    # type: (str, int, int, Container[str]) -> Tuple[List[Tuple[str, int]], bool]
+def changed(root, since_ns, limit, skip=(), youngest=False):
+    # type: (str, int, int, Container[str], bool) -> Tuple[List[Tuple[str, int]], bool]
     """Return ``([(relative name, change time), ...], cut)`` for files and links under ``root``
     changed (modified, created, renamed or chmod-ed: the later of mtime and ctime) at or after
-    ``since_ns``, sorted by name, at most ``limit``; ``cut`` says more were found. Names in
-    ``skip`` are left out; directories are walked, not listed."""
+    ``since_ns``, sorted by name, at most ``limit`` (with ``youngest``, the ``limit`` most
+    recently changed); ``cut`` says more were found. Names in ``skip`` are left out;
+    directories are walked, not listed."""
     found = []  # type: List[Tuple[str, int]]
     top = os.open(root, _DIR_FLAGS)
     stack = [("", top)]
@@ -55,18 +56,21 @@ def changed(root, since_ns, limit, skip=()):
             pass
         finally:
             os.close(fd)
+    if youngest:
+        found.sort(key=lambda item: item[1], reverse=True)
+        return sorted(found[:limit]), len(found) > limit
     found.sort()
     return found[:limit], len(found) > limit
 
 
 def main():
     # type: () -> None
-    """In a container: argv is WINDOW_NS LIMIT SKIP_JSON; print the files changed in the last
-    WINDOW_NS nanoseconds of the container's clock as JSON, each with its age (the host, whose
-    clock may differ, decides with the ages)."""
+    """In a container: argv is WINDOW_NS LIMIT SKIP_JSON; print the LIMIT files changed most
+    recently within the last WINDOW_NS nanoseconds of the container's clock as JSON, each with
+    its age (the host, whose clock may differ, decides with the ages)."""
     window, limit, skip = int(sys.argv[1]), int(sys.argv[2]), set(json.loads(sys.argv[3]))
     now = now_ns()
-    files, cut = changed(".", now - window, limit, skip)
+    files, cut = changed(".", now - window, limit, skip, youngest=True)
     sys.stdout.write(json.dumps({"files": [[name, now - stamp] for name, stamp in files], "cut": cut}))
 
 

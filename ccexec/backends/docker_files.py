@@ -215,7 +215,10 @@ class DockerFiles:
             # A file changed during the call is at most this old when the listing read the clock.
             oldest = int((time.monotonic() - start) * 1e9) + TICK_NS
             found = [name for name, age in report["files"] if age <= oldest]
-            return found[:MAX_LISTED], len(found) > MAX_LISTED or bool(report["cut"])
+            # The container kept the most recent changes: what it cut is older than all it sent,
+            # so it was the call's only if the oldest it sent still was.
+            cut_ours = bool(report["cut"]) and all(age <= oldest for _, age in report["files"])
+            return found[:MAX_LISTED], len(found) > MAX_LISTED or cut_ours
 
         return listing
 
