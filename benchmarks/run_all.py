@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import docker_latency
+import files
 import footprint
 import local_latency
 import output_heavy
@@ -30,6 +31,7 @@ BENCHMARKS: list[tuple[str, Callable[[], list[Section]]]] = [
     ("docker_latency.py", docker_latency.run),
     ("throughput.py", throughput.run),
     ("output_heavy.py", output_heavy.run),
+    ("files.py", files.run),
 ]
 
 

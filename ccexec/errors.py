@@ -84,6 +84,80 @@ class ProtocolViolationError(SupervisorGoneError):
         )
 
 
+class WorkPathError(CcexecError, ValueError):
+    """A path given to ``copy_to`` or ``copy_from`` leaves the work dir; nothing was copied."""
+
+    def __init__(self, message: str = "", *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:
+        if self.message:
+            return self.message
+        return f"{self.path!r} leaves the work dir; pass a path relative to the work dir, without '..'"
+
+
+class WorkFileNotFoundError(CcexecError, FileNotFoundError):
+    """What ``copy_to`` or ``copy_from`` should copy does not exist; ``path`` names it."""
+
+    def __init__(self, message: str = "", *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:
+        if self.message:
+            return self.message
+        return f"{self.path!r} does not exist; check the name (list the work dir with a block, or see result.files)"
+
+
+class HostPathExistsError(CcexecError, FileExistsError):
+    """``copy_from`` would overwrite ``path`` on the host; nothing was copied."""
+
+    def __init__(self, message: str = "", *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:
+        if self.message:
+            return self.message
+        return f"{self.path!r} exists on the host; pass overwrite=True to replace it, or choose another host_dest"
+
+
+class UnsafeFileError(CcexecError, ValueError):
+    """A copy met an entry it refuses to create (a symlink or hard link leading out of the copy, a
+    device, a fifo, a malformed archive member); what was written before was removed."""
+
+    def __init__(self, message: str = "", *, path: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        if self.message:
+            return self.message
+        return (
+            f"refused to copy {self.path!r}: {self.reason}; nothing of this copy was kept. Replace it "
+            "(e.g. a link with the file it points to) in the work dir, or copy the other entries one by one"
+        )
+
+
+class CopyTooLargeError(CcexecError, OSError):
+    """A copy out of the work dir went past ``max_bytes``; what was written was removed."""
+
+    def __init__(self, message: str = "", *, path: str = "", max_bytes: int = 0) -> None:
+        super().__init__(message)
+        self.path = path
+        self.max_bytes = max_bytes
+
+    def __str__(self) -> str:
+        if self.message:
+            return self.message
+        return (
+            f"copying {self.path!r} would write more than max_bytes={self.max_bytes} bytes; nothing of this "
+            "copy was kept. Pass a larger max_bytes, or copy a smaller part"
+        )
+
+
 class DockerError(CcexecError, RuntimeError):
     """The docker client or engine failed; ``command`` (the argv) and ``stderr`` say how."""
 

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 #: Default cap on the output kept per block, in bytes (head and tail are kept).
 DEFAULT_MAX_OUTPUT_BYTES = 1 << 20
+#: Default cap on the file bytes one ``copy_from`` writes on the host (a block's huge file must not fill the disk).
+DEFAULT_MAX_COPY_BYTES = 1 << 30
 
 
 class BaseCommandLineExecutor:
@@ -63,6 +65,8 @@ class BaseCommandLineExecutor:
         self._lock, self._calls = threading.RLock(), RunningCalls()
         self._delete_generated = delete_generated
         self._backend: Backend | None = None
+        #: Whether each call lists the files it changed (``result.files``); one walk of the work dir per call.
+        self.list_files = True
 
     # -- properties (AutoGen names) --------------------------------------------------------
 
@@ -260,6 +264,7 @@ class BaseCommandLineExecutor:
         )
         captures = [OutputCapture(self._max_output_bytes, on_output) for _ in planned]
         results: list[BlockResult] = []
+        listing = backend.files.watch() if self.list_files else None
         with contextlib.closing(backend.run([p.request for p in planned], captures, cancel)) as ends:
             for step, capture, end in zip(planned, captures, ends):
                 code_file, signals = backend.code_file(step.relative), backend.negative_signals
@@ -272,7 +277,68 @@ class BaseCommandLineExecutor:
                     if on_output is not None:
                         on_output(message.encode("utf-8"))  # streamed like any output
                     results.append(BlockResult(language, 1, message, None))
-        return CommandLineCodeResult.from_blocks(results)
+        result = CommandLineCodeResult.from_blocks(results)
+        if listing is not None and not cancel.is_set():
+            skip = {step.relative for step in planned}
+            if self._functions:
+                skip.add(f"{self._functions_module}.py")
+            files, result.files_truncated = listing(skip)
+            result.files = tuple(files)
+        return result
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def copy_to(self, host_path: str | os.PathLike[str], dest: str | os.PathLike[str] = ".") -> list[str]:
+        """Copy a host file or directory into the work dir; return the work-dir-relative names written.
+
+        ``dest`` is relative to the work dir: the path the copy gets, or with a trailing ``/``
+        (or ``.``) the directory it goes into under its own name; missing folders are made and
+        existing files replaced. Raises WorkPathError (``dest`` leaves the work dir, or goes
+        through a symlink), WorkFileNotFoundError (no ``host_path``).
+        """
+        return self._live_backend().files.copy_to(host_path, dest)
+
+    def copy_from(
+        self,
+        path: str | os.PathLike[str],
+        host_dest: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        max_bytes: int = DEFAULT_MAX_COPY_BYTES,
+    ) -> list[str]:
+        """Copy a file or directory of the work dir to the host; return the work-dir-relative names copied.
+
+        ``host_dest`` is the path the copy gets, or with a trailing ``/`` the directory it goes
+        into. Symlinks are copied as links only when they lead to a name inside the copy; any
+        other makes the copy fail (UnsafeFileError), as devices and fifos do. Raises
+        HostPathExistsError when ``host_dest`` exists and not ``overwrite``, CopyTooLargeError
+        past ``max_bytes`` of file data, WorkPathError, WorkFileNotFoundError; a failed copy
+        leaves nothing it created behind.
+        """
+        if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0:
+            raise InvalidArgumentError(f"max_bytes must be an int >= 0, got {max_bytes!r}")
+        return self._live_backend().files.copy_from(path, host_dest, overwrite=overwrite, max_bytes=max_bytes)
+
+    async def acopy_to(self, host_path: str | os.PathLike[str], dest: str | os.PathLike[str] = ".") -> list[str]:
+        """``copy_to`` in a worker thread, not blocking the event loop."""
+        import asyncio
+
+        return await asyncio.get_running_loop().run_in_executor(None, self.copy_to, host_path, dest)
+
+    async def acopy_from(
+        self,
+        path: str | os.PathLike[str],
+        host_dest: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        max_bytes: int = DEFAULT_MAX_COPY_BYTES,
+    ) -> list[str]:
+        """``copy_from`` in a worker thread, not blocking the event loop."""
+        import asyncio
+        import functools
+
+        call = functools.partial(self.copy_from, path, host_dest, overwrite=overwrite, max_bytes=max_bytes)
+        return await asyncio.get_running_loop().run_in_executor(None, call)
 
     def _block_env(self) -> tuple[dict[str, str], bool]:
         """The blocks' environment: (variables, whether they replace the supervisor's)."""

@@ -70,13 +70,19 @@ class CommandLineCodeResult(CodeResult):
 
     ``exit_code`` is the last block's; ``output`` all blocks' output in order; ``code_file``
     the first block's file. ``blocks`` has one BlockResult per block that ran (the run stops at
-    the first non-zero exit).
+    the first non-zero exit). ``files``: the work-dir-relative names of the files and links the
+    call created or changed (its code files left out), sorted, at most 1,000; ``files_truncated``
+    says more changed.
     """
 
-    __slots__ = ("code_file", "timed_out", "truncated", "blocks")
-    _fields = ("exit_code", "output", "code_file", "timed_out", "truncated", "blocks")
-    _defaults: ClassVar[dict[str, object]] = {"timed_out": False, "truncated": False, "blocks": ()}
-    __match_args__ = ("exit_code", "output", "code_file", "timed_out", "truncated", "blocks")
+    __slots__ = ("code_file", "timed_out", "truncated", "blocks", "files", "files_truncated")
+    _fields = ("exit_code", "output", "code_file", "timed_out", "truncated", "blocks", "files", "files_truncated")
+    _defaults: ClassVar[dict[str, object]] = {
+        "timed_out": False, "truncated": False, "blocks": (), "files": (), "files_truncated": False,
+    }  # fmt: skip
+    __match_args__ = (
+        "exit_code", "output", "code_file", "timed_out", "truncated", "blocks", "files", "files_truncated",
+    )  # fmt: skip
 
     def __init__(  # noqa: PLR0917 - positional, in field order, as AutoGen's dataclass
         self,
@@ -86,12 +92,16 @@ class CommandLineCodeResult(CodeResult):
         timed_out: bool = False,
         truncated: bool = False,
         blocks: tuple[BlockResult, ...] = (),
+        files: tuple[str, ...] = (),
+        files_truncated: bool = False,
     ) -> None:
         super().__init__(exit_code, output)
         self.code_file = code_file
         self.timed_out = timed_out
         self.truncated = truncated
         self.blocks = tuple(blocks)
+        self.files = tuple(files)
+        self.files_truncated = files_truncated
 
     @classmethod
     def from_blocks(cls, blocks: Sequence[BlockResult]) -> CommandLineCodeResult:

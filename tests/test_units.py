@@ -314,6 +314,11 @@ DOCUMENTED_BASES: list[tuple[type[ccexec.CcexecError], type[BaseException]]] = [
     (ccexec.DockerTimeoutError, TimeoutError),
     (ccexec.SupervisorGoneError, RuntimeError),
     (ccexec.ProtocolViolationError, ccexec.SupervisorGoneError),
+    (ccexec.WorkPathError, ValueError),
+    (ccexec.WorkFileNotFoundError, FileNotFoundError),
+    (ccexec.HostPathExistsError, FileExistsError),
+    (ccexec.UnsafeFileError, ValueError),
+    (ccexec.CopyTooLargeError, OSError),
 ]
 ALL_ERRORS = sorted(
     (cls for _, cls in inspect.getmembers(errors, inspect.isclass) if issubclass(cls, errors.CcexecError)),
@@ -345,6 +350,11 @@ TYPED_ERRORS: list[tuple[ccexec.CcexecError, dict[str, object]]] = [
     (errors.SupervisorGoneError(where="the local executor", reason="exit status -9"), {"reason": "exit status -9"}),
     (errors.ProtocolViolationError(where="container c", reason="bad header"), {"where": "container c"}),
     (errors.ContainerGoneError(container="c1", reason="killed", exit_status=137), {"exit_status": 137}),
+    (errors.WorkPathError(path="../x"), {"path": "../x"}),
+    (errors.WorkFileNotFoundError(path="a b"), {"path": "a b"}),
+    (errors.HostPathExistsError(path="/tmp/out"), {"path": "/tmp/out"}),
+    (errors.UnsafeFileError(path="leak", reason="a symlink"), {"path": "leak", "reason": "a symlink"}),
+    (errors.CopyTooLargeError(path="huge", max_bytes=10), {"path": "huge", "max_bytes": 10}),
 ]
 
 

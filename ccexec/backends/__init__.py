@@ -14,11 +14,27 @@ WORKSPACE = "/workspace"
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
 if TYPE_CHECKING:
-    from typing import Generator, Protocol, Sequence
+    import os
+    from typing import Callable, Collection, Generator, Protocol, Sequence
 
     from .._capture import OutputCapture
     from .._client import Cancel
     from .._protocol import BlockEnd, RunRequest
+
+    class Files(Protocol):
+        """How files reach the work dir and leave it: directly on a disk we see, or through the engine."""
+
+        def copy_to(self, host_path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> list[str]:
+            """Copy a host file or directory to ``dest`` in the work dir; return the work-dir-relative names."""
+
+        def copy_from(
+            self, path: str | os.PathLike[str], host_dest: str | os.PathLike[str], *, overwrite: bool, max_bytes: int
+        ) -> list[str]:
+            """Copy ``path`` of the work dir to the host; return the work-dir-relative names copied."""
+
+        def watch(self) -> Callable[[Collection[str]], tuple[list[str], bool]]:
+            """Start watching the work dir; the function returned lists (sorted, capped) the files
+            changed since, without the names given, and whether the list was cut."""
 
     class Backend(Protocol):
         """What the executor needs from a place that runs blocks."""
@@ -47,3 +63,7 @@ if TYPE_CHECKING:
 
         def stop(self) -> None:
             """Kill whatever runs and release everything (the supervisor, the container)."""
+
+        @property
+        def files(self) -> Files:
+            """Copies in and out of the work dir, and what a call changed there."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
+from typing import TYPE_CHECKING
 
 from .._capture import OutputCapture
 from .._client import Cancel
@@ -18,7 +19,11 @@ from .._protocol import END_GRACE, RunRequest
 from ..errors import ContainerGoneError, DockerError, DockerTimeoutError
 from . import WORKSPACE, docker_cli
 from .docker_cli import ContainerSpec, DockerCLI
+from .docker_files import LISTING_CAP, checked_output, files_of
 from .host import Attached, SupervisedBackend, supervisor_source
+
+if TYPE_CHECKING:
+    from . import Files
 
 #: Seconds stop() waits for the attached client to end before removing the container by force.
 STOP_DEADLINE = 10.0
@@ -99,6 +104,19 @@ class DockerBackend(SupervisedBackend):
 
     def _stopped(self) -> ContainerGoneError:
         return ContainerGoneError(container=self._spec.name, reason="it was stopped")
+
+    @property
+    def files(self) -> Files:
+        """On the host's disk when mounted, else through ``docker cp`` and the supervisor."""
+        return files_of(self._cli, self._spec, self._run_python)
+
+    def _run_python(self, args: list[str]) -> bytes:
+        """Run the image's Python with ``args`` through the supervisor; return its output."""
+        capture = OutputCapture(LISTING_CAP)
+        ends = self.run([RunRequest(0, ["{python}", *args], docker_cli.CLI_DEADLINE, {})], [capture], Cancel())
+        end = next(ends)
+        ends.close()
+        return checked_output(end.exit_code, capture, self._spec.name)
 
     def code_file(self, relative: str) -> str:
         return self._spec.code_file(relative)

@@ -195,6 +195,16 @@ class DockerCLI:
         env = [item for key in env_names for item in ("--env", key)]
         return [*self.argv, "exec", *(["-i"] if interactive else []), *env, "--workdir", WORKSPACE, name, *command]
 
+    @staticmethod
+    def copy_in_args(name: str, folder: str) -> list[str]:
+        """``cp`` extracting the tar stream on stdin into ``folder`` of the container."""
+        return ["cp", "-", f"{name}:{folder}"]
+
+    @staticmethod
+    def copy_out_args(name: str, path: str) -> list[str]:
+        """``cp`` writing ``path`` of the container (not following a final symlink) as a tar stream to stdout."""
+        return ["cp", f"{name}:{path}", "-"]
+
     def is_remote(self) -> bool:
         """Whether the engine cannot see this host's paths (DOCKER_HOST or a context over tcp/ssh)."""
         return engine_is_remote(self)

@@ -20,7 +20,7 @@ import selectors
 import subprocess
 import threading
 import time
-from typing import Generator, Sequence
+from typing import TYPE_CHECKING, Generator, Sequence
 
 from .._capture import OutputCapture
 from .._client import Cancel
@@ -28,6 +28,10 @@ from .._protocol import KILL_WAIT_LIMIT, TERM_GRACE, BlockEnd, RunRequest
 from ..errors import ContainerGoneError, DockerError
 from . import WORKSPACE
 from .docker_cli import CLI_DEADLINE, RUN_DEADLINE, ContainerSpec, DockerCLI
+from .docker_files import files_of
+
+if TYPE_CHECKING:
+    from . import Files
 
 # PID 1 of an attached exec-mode container: a reader of our stdin in the background (its pid
 # is told to us); PID 1 waits for it, reaping adopted orphans meanwhile, and exits when our
@@ -64,6 +68,8 @@ WRAPPER = (
     + '; [ "$c" = 1 ] && rm -f "$f"; exit $rc'
 )
 _CHUNK = 1 << 16
+#: What _find_python says when the image has neither python3 nor python (blocks then fail with 127).
+NO_PYTHON = "python3"
 
 
 class ExecBackend:
@@ -191,10 +197,24 @@ class ExecBackend:
     def _find_python(self) -> str:
         """The image's Python: python3, else python (found once, with one more exec)."""
         if self._python is None:
-            find = "command -v python3 || command -v python || echo python3"
+            find = f"command -v python3 || command -v python || echo {NO_PYTHON}"
             done = self._cli.run(*self._cli.exec_args(self._spec.name, "/bin/sh", "-c", find), check=False)
-            self._python = done.stdout.decode("utf-8", "replace").strip() or "python3"
+            self._python = done.stdout.decode("utf-8", "replace").strip() or NO_PYTHON
         return self._python
+
+    @property
+    def files(self) -> Files:
+        """On the host's disk when mounted, else through ``docker cp`` and one ``docker exec``."""
+        return files_of(self._cli, self._spec, self._run_python)
+
+    def _run_python(self, args: list[str]) -> bytes:
+        """Run the image's Python with ``args`` (between blocks: a block's end kills every process)."""
+        with self._serial:
+            python = self._find_python()
+            if python == NO_PYTHON:
+                return b'{"files": [], "cut": false}'  # an image with only sh: nothing to list with
+            done = self._cli.run(*self._cli.exec_args(self._spec.name, python, *args), check=True)
+        return done.stdout
 
     def code_file(self, relative: str) -> str:
         return self._spec.code_file(relative)

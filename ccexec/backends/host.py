@@ -7,12 +7,15 @@ import os
 import subprocess
 import threading
 import weakref
-from typing import Callable, Generator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Generator, Mapping, Sequence
 
 from .._capture import OutputCapture
 from .._client import Cancel, SupervisorClient
 from .._protocol import END_GRACE, BlockEnd, RunRequest
 from ..errors import SupervisorGoneError
+
+if TYPE_CHECKING:
+    from .._files import HostFiles
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Seconds the local supervisor may take to say hello.
@@ -172,6 +175,12 @@ class HostBackend(SupervisedBackend):
 
     def _stopped(self) -> SupervisorGoneError:
         return SupervisorGoneError(where=self._where, reason="it was stopped")
+
+    @property
+    def files(self) -> HostFiles:
+        from .._files import HostFiles
+
+        return HostFiles(self._work_dir, self._work_dir)
 
     def code_file(self, relative: str) -> str:
         return os.path.join(self._work_dir, relative)

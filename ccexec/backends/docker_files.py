@@ -1,0 +1,288 @@
+"""Files in and out of a container whose work dir is not mounted: ``docker cp`` with tar on stdio.
+
+``docker cp - CONTAINER:/workspace`` reads a tar stream that we write from a walk of the host
+path; ``docker cp CONTAINER:/workspace/PATH -`` writes one that we check and extract member by
+member with ``_files.Writer`` (names, kinds, links, the byte budget), never with
+``tarfile.extractall``. Both stream through the engine's API, so they work over SSH and with
+Podman, and cost one CLI call each. The files a call changed are listed by ``_listing.py``
+run in the container (through the supervisor, or one ``docker exec`` in exec mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import subprocess
+import tarfile
+import threading
+import time
+from typing import IO, Callable, Collection
+
+from .._capture import OutputCapture
+from .._files import (
+    MAX_LISTED,
+    HostFiles,
+    Source,
+    Writer,
+    copy_tree,
+    host_target,
+    walk,
+    work_path,
+)
+from .._files import (
+    _destination as destination,
+)
+from ..errors import DockerError, UnsafeFileError, WorkFileNotFoundError
+from . import WORKSPACE
+from .docker_cli import CLI_DEADLINE, ContainerSpec, DockerCLI
+
+#: Runs ``argv`` (arguments of the image's Python) in the container; returns its stdout.
+RunPython = Callable[[list[str]], bytes]
+#: Nanoseconds a file time may lag the wall clock (one tick of the kernel's coarse clock at HZ=100).
+TICK_NS = 10_000_000
+#: Seconds before the listing's own start that the container is asked about (the host then keeps
+#: what is younger than the call, measured with its own clock).
+WINDOW_SLACK = 10.0
+#: Bytes of listing a container may send (4,000 names; the supervisor's output cap for it).
+LISTING_CAP = 32 << 20
+_BUFFER = 1 << 20
+_LISTING_SOURCE: str | None = None
+
+
+def listing_source() -> str:
+    """``_listing.py`` as one script, for ``python -c`` in a container."""
+    global _LISTING_SOURCE
+    if _LISTING_SOURCE is None:
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_listing.py")
+        with open(path, encoding="utf-8") as handle:
+            _LISTING_SOURCE = handle.read()
+    return _LISTING_SOURCE
+
+
+def files_of(cli: DockerCLI, spec: ContainerSpec, run_python: RunPython) -> HostFiles | DockerFiles:
+    """A container's files: on this host's disk when its work dir is mounted, else through the engine."""
+    if spec.mount is not None:
+        return HostFiles(spec.host_work_dir, WORKSPACE, owner=spec.owner)
+    return DockerFiles(cli, spec, run_python)
+
+
+def checked_output(exit_code: int | None, capture: OutputCapture, container: str) -> bytes:
+    """The listing's output; DockerError when it failed or went past LISTING_CAP."""
+    if exit_code != 0 or capture.truncated:
+        raise DockerError(
+            f"listing the files changed in container {container} failed (exit code {exit_code}): "
+            f"{capture.text()[-2000:]}",
+            output=capture.text(),
+        )
+    return capture.text().encode("utf-8")
+
+
+class TarSink:
+    """Takes a walk's entries (as ``Writer`` does) and writes them as a tar stream, names prefixed."""
+
+    def __init__(self, stream: IO[bytes], prefix: str) -> None:
+        self._tar = tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_BUFFER)  # noqa: SIM115 - closed by close()
+        # tarfile copies file data 16 KiB at a time by default; typeshed does not know the knob (3.8+).
+        setattr(self._tar, "copybufsize", _BUFFER)  # noqa: B010
+        self._prefix = prefix
+        self.written: list[str] = []
+        for index in range(prefix.count("/")):  # the folders leading to the copy, so the engine makes them
+            folder = "/".join(prefix.split("/")[: index + 1])
+            self._tar.addfile(self._add(tarfile.DIRTYPE, folder, 0o755, time.time_ns()))
+
+    def _add(self, kind: bytes, name: str, mode: int, mtime_ns: int, size: int = 0, **extra: str) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.type, info.mode, info.mtime, info.size = kind, mode & 0o777, mtime_ns // 1_000_000_000, size
+        for key, value in extra.items():
+            setattr(info, key, value)
+        return info
+
+    def _name(self, name: str) -> str:
+        return posixpath.join(self._prefix, name) if name else self._prefix
+
+    def directory(self, name: str, mode: int, mtime_ns: int) -> None:
+        self._tar.addfile(self._add(tarfile.DIRTYPE, self._name(name), mode, mtime_ns))
+        self.written.append(name)
+
+    def file(self, name: str, mode: int, mtime_ns: int, size: int, source: Source) -> None:
+        reader = open(source, "rb", buffering=0, closefd=False) if isinstance(source, int) else source  # noqa: SIM115
+        self._tar.addfile(self._add(tarfile.REGTYPE, self._name(name), mode, mtime_ns, size), reader)
+        self.written.append(name)
+
+    def symlink(self, name: str, target: str) -> None:
+        self._tar.addfile(self._add(tarfile.SYMTYPE, self._name(name), 0o777, time.time_ns(), linkname=target))
+        self.written.append(name)
+
+    def refuse(self, name: str, what: str) -> None:
+        raise UnsafeFileError(path=self._name(name), reason=f"{what} is not copied")
+
+    def close(self) -> None:
+        self._tar.close()
+
+
+class DockerFiles:
+    """Files of a container's own (unmounted) work dir, through ``docker cp``."""
+
+    def __init__(self, cli: DockerCLI, spec: ContainerSpec, run_python: RunPython) -> None:
+        self._cli, self._spec, self._run_python = cli, spec, run_python
+
+    def copy_to(self, host_path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> list[str]:
+        """Stream a host file or directory into the work dir as tar; return the work-dir-relative names."""
+        source = os.path.abspath(os.fspath(host_path))
+        given = os.fspath(dest)
+        folder, top = destination(work_path(given, (WORKSPACE,), allow_root=True), given, source)
+        if not os.path.lexists(source):
+            raise WorkFileNotFoundError(f"{source!r} does not exist on the host; nothing was copied", path=source)
+        prefix = posixpath.normpath(posixpath.join(folder, top))
+        argv = [*self._cli.argv, *self._cli.copy_in_args(self._spec.name, WORKSPACE)]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stderr = _drain(proc)
+        assert proc.stdin is not None
+        head, name = os.path.split(source)
+        source_dir = os.open(head, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        sink = TarSink(proc.stdin, prefix)
+        try:
+            walk(source_dir, name, sink, follow_top=True)
+            sink.close()
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the client ended early: its status and stderr say why
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            os.close(source_dir)
+            _close_quietly(proc.stdin)
+        self._finish(proc, stderr, argv, prefix)
+        return sorted(posixpath.normpath(posixpath.join(prefix, entry)) for entry in sink.written)
+
+    def copy_from(
+        self, path: str | os.PathLike[str], host_dest: str | os.PathLike[str], *, overwrite: bool, max_bytes: int
+    ) -> list[str]:
+        """Stream a file or directory of the work dir out as tar, checked and extracted entry by entry."""
+        relative = work_path(path, (WORKSPACE,), allow_root=True)
+        parent, top, _ = host_target(host_dest, relative, overwrite)
+        inside = f"{WORKSPACE}/." if relative == "." else f"{WORKSPACE}/{relative}"
+        argv = [*self._cli.argv, *self._cli.copy_out_args(self._spec.name, inside)]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            stderr = _drain(proc)
+            out = proc.stdout
+            assert out is not None
+            writer = Writer(parent, top, shown=relative, links_inside=True, replace=overwrite, max_bytes=max_bytes)
+            base = "" if relative == "." else posixpath.basename(relative)
+            try:
+                written = copy_tree(writer, lambda w: _extract(out, base, w))
+            except BaseException as exc:
+                proc.kill()
+                self._finish(proc, stderr, argv, relative)  # the engine's own error first, when it has one
+                if isinstance(exc, tarfile.TarError):
+                    raise UnsafeFileError(path=relative, reason=f"the engine sent a malformed archive ({exc})") from exc
+                raise
+            finally:
+                out.close()
+            self._finish(proc, stderr, argv, relative)
+        finally:
+            os.close(parent)
+        return sorted({posixpath.normpath(posixpath.join(relative, entry)) for entry in written} - {"."})
+
+    def _finish(self, proc: subprocess.Popen[bytes], stderr: Callable[[], bytes], argv: list[str], path: str) -> None:
+        """Wait for the client; raise WorkFileNotFoundError or the mapped DockerError when it failed."""
+        try:
+            code = proc.wait(CLI_DEADLINE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        if code in (0, -9):
+            return
+        text = stderr().decode("utf-8", "replace").strip()
+        lowered = text.lower()
+        if "could not find the file" in lowered or "could not be found on container" in lowered:
+            raise WorkFileNotFoundError(path=path)
+        raise self._cli.error(argv, text)
+
+    def watch(self) -> Callable[[Collection[str]], tuple[list[str], bool]]:
+        """Start watching; the returned function asks the container which files changed since."""
+        start = time.monotonic()
+
+        def listing(skip: Collection[str]) -> tuple[list[str], bool]:
+            sent = time.monotonic()
+            window = int((sent - start + WINDOW_SLACK) * 1e9)
+            args = ["-I", "-S", "-c", listing_source(), str(window), str(MAX_LISTED * 4), json.dumps(sorted(skip))]
+            report = json.loads(self._run_python(args))
+            # A file changed during the call is at most this old when the listing read the clock.
+            oldest = int((time.monotonic() - start) * 1e9) + TICK_NS
+            found = [name for name, age in report["files"] if age <= oldest]
+            # The container kept the most recent changes: what it cut is older than all it sent,
+            # so it was the call's only if the oldest it sent still was.
+            cut_ours = bool(report["cut"]) and all(age <= oldest for _, age in report["files"])
+            return found[:MAX_LISTED], len(found) > MAX_LISTED or cut_ours
+
+        return listing
+
+
+def _extract(stream: IO[bytes], base: str, writer: Writer) -> None:
+    """Write each member of the tar ``stream`` with ``writer``, checking its name and kind first.
+
+    Members are named ``base`` or ``base/...`` (``./...`` or bare names for the work dir itself,
+    ``base`` ''); anything else, absolute or with ``..``, is refused.
+    """
+    with tarfile.open(fileobj=stream, mode="r|", bufsize=_BUFFER) as tar:
+        for member in tar:
+            name = _entry_name(member.name, base)
+            if member.isreg():
+                data = tar.extractfile(member)
+                assert data is not None
+                writer.file(name, member.mode, int(member.mtime) * 1_000_000_000, member.size, data)
+            elif member.isdir():
+                writer.directory(name, member.mode, int(member.mtime) * 1_000_000_000)
+            elif member.issym():
+                writer.symlink(name, member.linkname)
+            elif member.islnk():
+                writer.hardlink(name, _entry_name(member.linkname, base))
+            else:
+                writer.refuse(name, "a device, fifo or other special file")
+
+
+def _entry_name(member: str, base: str) -> str:
+    """The writer's name for a tar member (relative to the copy's top); UnsafeFileError when it leaves."""
+    name = posixpath.normpath(member)
+    if member.startswith("/") or name == ".." or name.startswith("../"):
+        raise UnsafeFileError(path=member, reason="an archive member outside the copied path")
+    if not base:
+        return "" if name == "." else name
+    if name == base:
+        return ""
+    if name.startswith(base + "/"):
+        return name[len(base) + 1 :]
+    raise UnsafeFileError(path=member, reason=f"an archive member outside {base!r}")
+
+
+def _drain(proc: subprocess.Popen[bytes]) -> Callable[[], bytes]:
+    """Read the client's stderr in a thread (kept to 64 KiB); return a function giving it once it ended."""
+    kept = bytearray()
+    stream = proc.stderr
+    assert stream is not None
+
+    def read() -> None:
+        with stream:
+            for chunk in iter(lambda: stream.read(4096), b""):
+                kept.extend(chunk)
+                del kept[: -(1 << 16)]
+
+    thread = threading.Thread(target=read, name="ccexec-cp-stderr", daemon=True)
+    thread.start()
+
+    def text() -> bytes:
+        thread.join(CLI_DEADLINE)
+        return bytes(kept)
+
+    return text
+
+
+def _close_quietly(stream: IO[bytes] | None) -> None:
+    if stream is not None:
+        with contextlib.suppress(OSError):
+            stream.close()
