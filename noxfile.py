@@ -171,7 +171,7 @@ def peers(session: nox.Session) -> None:
         ag2_tests = Path(args[at + 1]).resolve()
         del args[at : at + 2]
     session.install(*_group("test"), *_group("peers"), str(ROOT))
-    tmp = Path(session.create_tmp())
+    tmp = Path(session.create_tmp()).resolve()  # absolute: the tests run from another directory
     sdist_dir = tmp / "sdist"
     autogen_ext = next(r for r in _group("peers") if r.startswith("autogen-ext"))
     version = autogen_ext.split("==")[1]
