@@ -34,7 +34,7 @@ from ._shared import convert_functions
 
 
 def _import_ag2() -> tuple[Any, Any, Any, Any]:
-    """AG2's content_str, CodeBlock, CommandLineCodeResult and CodeExecutor, or an ImportError saying what to install."""
+    """AG2's content_str, CodeBlock, CommandLineCodeResult and CodeExecutor, or an ImportError naming the package."""
     try:
         from autogen.code_utils import content_str
         from autogen.coding.base import CodeBlock, CodeExecutor, CommandLineCodeResult
@@ -164,8 +164,8 @@ class _CcexecCodeExecutor(CodeExecutor):
         blocks, saved, refusal = self._plan(code_blocks)
         result = self.executor.execute_code_blocks(blocks)
         outputs = [
-            f"Code saved to {block.code_file}\n" if only_saved and block.code_file and block.exit_code == 0 else block.output
-            for block, only_saved in zip(result.blocks, saved)
+            f"Code saved to {block.code_file}\n" if only and block.code_file and not block.exit_code else block.output
+            for block, only in zip(result.blocks, saved)
         ]
         exit_code, output = result.exit_code, "".join(outputs)
         if refusal is not None and exit_code == 0:
@@ -249,7 +249,7 @@ class LocalCommandLineCodeExecutor(_CcexecCodeExecutor):
     LANGUAGE_ALIASES: ClassVar[dict[str, str]] = {"py": "python"}
     FUNCTION_PROMPT_TEMPLATE: ClassVar[str] = FUNCTIONS_PROMPT_TEMPLATE
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - positional order is AG2's, so switching is an import change
         self,
         timeout: int = 60,
         virtual_env_context: Any = None,
@@ -315,7 +315,7 @@ class DockerCommandLineCodeExecutor(_CcexecCodeExecutor):
     LANGUAGE_ALIASES: ClassVar[dict[str, str]] = {"py": "python", "js": "javascript"}
     _UNSUPPORTED = "Unsupported language {}\n"
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - positional order is AG2's
         self,
         image: str = "python:3-slim",
         container_name: str | None = None,

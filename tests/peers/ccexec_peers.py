@@ -4,8 +4,9 @@ Loaded with ``-p ccexec_peers`` (``tests/peers`` on PYTHONPATH) by the ``peers``
 changes: after collection, each test module's executor names are rebound to ccexec's adapters
 (``CCEXEC_PEERS_FRAMEWORK`` = ``autogen`` or ``ag2``), with the default image pointed at the
 offline test image; so are the parameters that hold the framework's classes themselves (AG2's
-tests parametrize over a ``classes_to_test`` list built at import time). ``CCEXEC_PEERS_EXPECTED_FAILURES`` names the tests where ccexec differs on
-purpose; they are marked ``xfail(strict=True)`` with the reason, so a fix there is noticed too.
+tests parametrize over a ``classes_to_test`` list built at import time).
+``CCEXEC_PEERS_EXPECTED_FAILURES`` names the tests where ccexec differs on purpose; they are
+marked ``xfail(strict=True)`` with the reason, so a fix there is noticed too.
 ``CCEXEC_PEERS_ENVIRONMENT_FAILURES`` names tests that need what the machine may lack (a package
 index inside the container); ``xfail(strict=False)``: they pass where it is there.
 """
