@@ -156,7 +156,22 @@ AUTOGEN_EXPECTED_FAILURES = {
     ),
 }
 AG2_PEER_FILES = ["coding/test_commandline_code_executor.py", "coding/test_user_defined_functions.py"]
-AG2_EXPECTED_FAILURES: dict[str, str] = {}
+AG2_EXPECTED_FAILURES = {
+    "test_commandline_code_executor.py::test_local_commandline_code_executor_restart": (
+        "expects the warning that restart() takes no action; ccexec's restart kills running code and starts afresh"
+    ),
+    "test_commandline_code_executor.py::test_create_local": (
+        "AG2's factory builds AG2's own executor from the string 'commandline-local'; ccexec does not patch AG2 "
+        "(pass the instance: code_execution_config={'executor': LocalCommandLineCodeExecutor()})"
+    ),
+}
+#: Tests that need more than this machine may offer ("file::test[params]" -> what); non-strict xfail.
+AG2_ENVIRONMENT_FAILURES = {
+    f"test_commandline_code_executor.py::test_silent_pip_install[{shell}-DockerCommandLineCodeExecutor]": (
+        "pip-installs matplotlib inside the container: needs the package index there (not offline)"
+    )
+    for shell in ("bash", "sh", "shell")
+}
 
 
 @nox.session
@@ -174,7 +189,7 @@ def peers(session: nox.Session) -> None:
         ag2_tests = Path(args[at + 1]).resolve()
         del args[at : at + 2]
     session.install(*_group("test"), *_group("peers"), str(ROOT))
-    tmp = Path(session.create_tmp()).resolve()
+    tmp = Path(session.create_tmp()).resolve()  # absolute: the tests run from another directory
     sdist_dir = tmp / "sdist"
     autogen_ext = next(r for r in _group("peers") if r.startswith("autogen-ext"))
     version = autogen_ext.split("==")[1]
@@ -193,7 +208,7 @@ def peers(session: nox.Session) -> None:
         return
     _run_peer_tests(
         session, "ag2", rootdir=ag2_tests.parent, files=AG2_PEER_FILES, expected_failures=AG2_EXPECTED_FAILURES,
-        args=args, under="test/",
+        environment_failures=AG2_ENVIRONMENT_FAILURES, args=args, under="test/",
     )  # fmt: skip
 
 
@@ -204,6 +219,7 @@ def _run_peer_tests(
     rootdir: Path,
     files: list[str],
     expected_failures: dict[str, str],
+    environment_failures: dict[str, str] | None = None,
     args: list[str],
     under: str = "tests/",
 ) -> None:
@@ -214,6 +230,7 @@ def _run_peer_tests(
         "PYTHONPATH": str(ROOT / "tests" / "peers"),
         "CCEXEC_PEERS_FRAMEWORK": framework,
         "CCEXEC_PEERS_EXPECTED_FAILURES": json.dumps(expected_failures),
+        "CCEXEC_PEERS_ENVIRONMENT_FAILURES": json.dumps(environment_failures or {}),
     }
     paths = [str(rootdir / under / name) for name in files]
     session.chdir(rootdir)  # some tests run code with work_dir="." and keep its files: not in our checkout

@@ -15,6 +15,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,7 @@ from autogen_core.code_executor import CodeBlock  # noqa: E402
 from autogen_ext.code_executors._common import CommandLineCodeResult  # noqa: E402
 from autogen_ext.models.replay import ReplayChatCompletionClient  # noqa: E402
 
+from ccexec.errors import InvalidArgumentError  # noqa: E402
 from ccexec.integrations import ag2, autogen  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,3 +221,126 @@ def test_autogen_docker_work_dir_before_start(docker_engine: str) -> None:
             return executor.work_dir
 
     assert not asyncio.run(main()).exists()
+
+
+def _local_ag2(work_dir: Path | str, **kwargs: Any) -> ag2.LocalCommandLineCodeExecutor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return ag2.LocalCommandLineCodeExecutor(timeout=10, work_dir=work_dir, **kwargs)
+
+
+def _ag2_block(code: str, language: str) -> Any:
+    from autogen.coding.base import CodeBlock as AG2CodeBlock
+
+    return AG2CodeBlock(code=code, language=language)
+
+
+def test_ag2_execution_policy_saves_without_running(tmp_path: Path) -> None:
+    """A language whose policy is False is saved, not run, and the output says where; the blocks
+    around it run in order (javascript is saved by default, as in AG2)."""
+    marker = tmp_path / "ran"
+    executor = _local_ag2(tmp_path, execution_policies={"python": False})
+    saved_code = f"open({str(marker)!r}, 'w').close()\nprint('never')"
+    blocks = [_ag2_block("echo before", "sh"), _ag2_block(saved_code, "python"), _ag2_block("console.log(1)", "js")]
+    result = executor.execute_code_blocks(blocks[:2])
+    assert result.exit_code == 0
+    (saved,) = [path for path in tmp_path.iterdir() if path.suffix == ".py"]
+    assert result.output == f"before\nCode saved to {saved}\n"
+    assert saved.read_text(encoding="utf-8") == saved_code
+    assert not marker.exists()
+    assert executor.execution_policies["python"] is False
+    assert executor.DEFAULT_EXECUTION_POLICY["javascript"] is False
+    # `js` is not one of AG2's local languages: nothing after it is planned, the call says so.
+    refused = executor.execute_code_blocks([_ag2_block("echo again", "bash"), blocks[2]])
+    assert (refused.exit_code, refused.output) == (1, "again\nunknown language js\n")
+    page = executor.execute_code_blocks([_ag2_block("<!-- page.html -->\n<h1>hi</h1>", "html")])
+    assert (page.exit_code, page.output) == (0, f"Code saved to {tmp_path / 'page.html'}\n")
+
+
+def test_ag2_bare_first_line_names_the_file(tmp_path: Path) -> None:
+    """A first line that is only a commented file name names the file, as in AG2; a comment of
+    several words does not."""
+    executor = _local_ag2(tmp_path)
+    named = executor.execute_code_blocks([_ag2_block("# test.py\nprint('named')", "python")])
+    assert (named.exit_code, named.output, named.code_file) == (0, "named\n", str(tmp_path / "test.py"))
+    assert (tmp_path / "test.py").read_text(encoding="utf-8") == "# filename: test.py\nprint('named')"
+    prose = executor.execute_code_blocks([_ag2_block("# print the total\nprint(1 + 2)", "python")])
+    assert prose.output == "3\n"
+    assert prose.code_file is not None
+    assert Path(prose.code_file).name.startswith("tmp_code_")
+    assert ag2.name_bare_filename("/* style.css */\nh1 {}") == "/* filename: style.css */\nh1 {}"
+    assert ag2.name_bare_filename("/* style.css\nh1 {}") == "/* style.css\nh1 {}"  # unclosed: a comment
+
+
+def test_ag2_generated_files_kept_and_work_dir_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As AG2's: the work dir keeps the form it was given (the current directory by default), is
+    made at once (its parent must exist), and generated files stay after the call."""
+    monkeypatch.chdir(tmp_path)
+    executor = _local_ag2(".")
+    assert str(executor.work_dir) == "."
+    result = executor.execute_code_blocks([_ag2_block("print('kept')", "python")])
+    assert result.code_file is not None
+    assert Path(result.code_file).parent == tmp_path
+    assert Path(result.code_file).exists()
+    with pytest.raises(FileNotFoundError):
+        _local_ag2(tmp_path / "missing" / "work")
+
+
+def test_ag2_quiet_pip() -> None:
+    """pip install lines of shell blocks (and `!pip install` in Python ones) get -qqq; others are left alone."""
+    code = "pip install six\n  pip3 install -q six\npython -m pip install six\necho pip install six"
+    assert ag2.quiet_pip(code, "bash") == (
+        "pip install -qqq six\n  pip3 install -q six\npython -m pip install -qqq six\necho pip install six"
+    )
+    assert ag2.quiet_pip("!pip install six\npip install six", "python") == "!pip install -qqq six\npip install six"
+    assert ag2.quiet_pip("pip install six", "javascript") == "pip install six"
+
+
+def test_ag2_sanitize_command_refuses_before_anything_runs(tmp_path: Path) -> None:
+    """The local adapter checks every shell block with sanitize_command before the first one runs."""
+    marker = tmp_path / "ran"
+    executor = _local_ag2(tmp_path)
+    blocks = [_ag2_block(f"touch {marker}", "sh"), _ag2_block("rm -fr ./build", "bash")]
+    with pytest.raises(ValueError, match=r"Use of 'rm -rf' command is not allowed\."):
+        executor.execute_code_blocks(blocks)
+    assert not marker.exists()
+    ag2.LocalCommandLineCodeExecutor.sanitize_command("python", "import os; os.system('rm -rf x')")  # shells only
+    ag2.LocalCommandLineCodeExecutor.sanitize_command("sh", "echo add; rm -r ./x")
+
+
+def test_ag2_functions_as_given_and_in_the_prompt(tmp_path: Path) -> None:
+    """AG2's FunctionWithRequirements objects are installed and importable; `functions` returns them as given."""
+    from autogen.coding.func_with_reqs import FunctionWithRequirements
+
+    func = FunctionWithRequirements.from_str("def twice(x: int) -> int:\n    return 2 * x\n")
+    executor = _local_ag2(tmp_path, functions=[func], functions_module="tools")
+    assert executor.functions == [func]
+    assert "`tools`" in executor.format_functions_for_prompt()
+    assert "def twice(x: int) -> int:" in executor.format_functions_for_prompt()
+    result = executor.execute_code_blocks([_ag2_block("from tools import twice\nprint(twice(21))", "python")])
+    assert (result.exit_code, result.output) == (0, "42\n")
+
+
+def test_ag2_container_create_kwargs_map_onto_run_options() -> None:
+    """docker-py create arguments that have a `docker run` equivalent map onto ccexec's options;
+    those ccexec's supervisor owns, and unknown ones, are refused by name."""
+    options = ag2.docker_run_options(
+        {"environment": ["A=1", "B=x=y"], "mem_limit": "256m", "nano_cpus": 500_000_000, "labels": {"k": "v"}}
+    )
+    assert options == {"env": {"A": "1", "B": "x=y"}, "memory": "256m", "cpus": 0.5, "run_args": ["--label", "k=v"]}
+    with pytest.raises(InvalidArgumentError, match=r"'entrypoint'.*supervisor"):
+        ag2.docker_run_options({"entrypoint": "/bin/sh"})
+    with pytest.raises(InvalidArgumentError, match=r"\['ports'\] has no ccexec equivalent.*run_args"):
+        ag2.docker_run_options({"ports": {"80/tcp": 8080}})
+
+
+def test_ag2_docker_container_create_kwargs_environment(docker_engine: str, tmp_path: Path) -> None:
+    """container_create_kwargs' environment reaches the blocks; AG2's positional order holds."""
+    name = f"{TEST_PREFIX}{os.urandom(4).hex()}"
+    executor = ag2.DockerCommandLineCodeExecutor(
+        docker_engine, name, 10, tmp_path, container_create_kwargs={"environment": {"GREETING": "hi"}}
+    )
+    with executor:
+        result = executor.execute_code_blocks([_ag2_block("echo $GREETING", "sh"), _ag2_block("x", "css")])
+    assert (result.exit_code, executor.timeout, executor.bind_dir) == (0, 10, tmp_path)
+    assert result.output.startswith("hi\nCode saved to ")
