@@ -73,11 +73,9 @@ def executor(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest
             monkeypatch.delenv(variable, raising=False)
         client = _engine_ready(request, config)
         mount = None if config == "ssh" else config.endswith("mount")
-        # Podman, unlike Docker, does not make a missing --workdir: the image has no /workspace.
-        run_args = ["--tmpfs", "/workspace"] if config == "podman-cp" else []
         made = DockerCommandLineCodeExecutor(
             TEST_IMAGE, f"{TEST_PREFIX}files-{os.urandom(4).hex()}", timeout=20, work_dir=work, docker=client,
-            mount_work_dir=mount, mode="exec" if config.endswith("exec") else "runner", run_args=run_args,
+            mount_work_dir=mount, mode="exec" if config.endswith("exec") else "runner",
         )  # fmt: skip
         assert made.mounts_work_dir is config.endswith("mount")
     with made:

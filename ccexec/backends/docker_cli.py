@@ -113,7 +113,8 @@ class DockerCLI:
 
     def remove_args(self, *names: str) -> list[str]:
         """``rm --force`` arguments; Podman would first wait 10 s on a process that ignores SIGTERM."""
-        return ["rm", "--force", *(["--time", "0"] if self.is_podman else []), *names]
+        # --volumes: a container without a mounted work dir has an anonymous volume there.
+        return ["rm", "--force", "--volumes", *(["--time", "0"] if self.is_podman else []), *names]
 
     # -- queries: gc and doctor run these; no other module spells a docker flag
 
@@ -174,8 +175,9 @@ class DockerCLI:
         argv += ["--log-driver", "none"]
         if spec.auto_remove:
             argv.append("--rm")
-        if spec.mount is not None:
-            argv += ["--volume", f"{spec.mount}:{WORKSPACE}"]
+        # Without a mount the work dir is an anonymous volume: Podman will not start in a missing
+        # --workdir (Docker makes one), and a volume stays writable under --read-only.
+        argv += ["--volume", WORKSPACE if spec.mount is None else f"{spec.mount}:{WORKSPACE}"]
         for key in spec.secrets:
             argv += ["--env", key]  # the value comes from the client's environment (see env())
         main = [script] if supervisor is None else [BOOT, supervisor]
