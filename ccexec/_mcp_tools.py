@@ -11,12 +11,14 @@ import base64
 import codecs
 import os
 import stat
+import tempfile
 import threading
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Sequence
 
 from . import _workdir
 from ._client import Cancel
 from .blocks import CodeBlock, FilenameOutsideWorkspace, relative_name
+from .errors import CcexecError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -44,9 +46,18 @@ _RESULT_SCHEMA: JSON = {
         # The output again: some hosts show the model only structuredContent when there is one
         # (Microsoft Agent Framework by default), and the model must see what the code printed.
         "output": {"type": "string", "description": "stdout and stderr, as in the text content"},
+        "files": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "work-dir paths the call created or modified (at most 1000)",
+        },
     },
     "required": ["exit_code", "timed_out", "truncated", "output"],
 }
+#: Suffixes of the image files run_code returns as image content when asked (then checked by magic).
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")
+#: At most this many images come back from one run_code call.
+MAX_IMAGES = 8
 
 
 class Refusal(Exception):
@@ -115,6 +126,12 @@ class Tools:
                     "code": {"type": "string", "description": "the source code to run"},
                     "language": {"type": "string", "description": f"one of {languages}", "default": "python"},
                     "timeout": {"type": "number", "minimum": 1, "maximum": self._timeout, "description": "seconds"},
+                    "images": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": f"also return the PNG, JPEG, GIF and WebP files the code created or changed "
+                        f"as images (at most {MAX_IMAGES}, each at most {MAX_READ_BYTES} bytes)",
+                    },
                 },
                 ["code"],
             ),
@@ -153,12 +170,12 @@ class Tools:
         try:
             if name == "run_code":
                 return self._run_code(arguments, cancel, progress, structured)
+            if name == "read_file":  # also without a mounted work dir, through copy_from
+                return self._read_file(self._relative(_text(arguments, "path")))
             root = self._open_root()
             try:
                 if name == "write_file":
                     return _write(root, self._relative(_text(arguments, "path")), _text(arguments, "content"))
-                if name == "read_file":
-                    return _read(root, self._relative(_text(arguments, "path")))
                 return _list(root, self._relative_dir(arguments.get("path")))
             finally:
                 os.close(root)
@@ -179,17 +196,53 @@ class Tools:
         timeout = arguments.get("timeout", self._timeout)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 1 <= timeout <= self._timeout:
             raise Refusal(f'"timeout" must be a number of seconds from 1 to {self._timeout:g}, got {timeout!r}')
+        images = arguments.get("images", False)
+        if not isinstance(images, bool):
+            raise Refusal(f'"images" must be true or false, got {images!r}')
         block = CodeBlock(code, language)
         result = self._executor._execute([block], cancel, on_output=progress, timeout=float(timeout))
         reply: JSON = {"content": [{"type": "text", "text": result.output}], "isError": result.exit_code != 0}
         if result.exit_code != 0:  # for hosts that show the text only
             reply["content"].append({"type": "text", "text": f"[exit code {result.exit_code}]"})
+        if images:
+            reply["content"].extend(self._images(result.files))
         if structured:
             reply["structuredContent"] = {
                 "exit_code": result.exit_code, "timed_out": result.timed_out, "truncated": result.truncated,
-                "output": result.output,
+                "output": result.output, "files": list(result.files),
             }  # fmt: skip
         return reply
+
+    def _images(self, files: Sequence[str]) -> list[JSON]:
+        """Image content for the new or changed image files of a call (from the call's own listing)."""
+        found: list[JSON] = []
+        for relative in files:
+            if len(found) == MAX_IMAGES or not relative.lower().endswith(_IMAGE_SUFFIXES):
+                continue
+            try:
+                content = self._read_file(relative)["content"][0]
+            except Refusal:
+                continue  # changed since, or not an image after all: the files list still names it
+            if content.get("type") == "image":
+                found.append(content)
+        return found
+
+    def _read_file(self, relative: str) -> JSON:
+        """A work-dir file as content: from the host's side, or (nothing mounted) through copy_from."""
+        if self._files is not None:
+            root = self._open_root()
+            try:
+                return _read(root, relative)
+            finally:
+                os.close(root)
+        with tempfile.TemporaryDirectory(prefix="ccexec-mcp-") as folder:
+            target = os.path.join(folder, "file")
+            try:
+                self._executor.copy_from(relative, target, max_bytes=MAX_READ_BYTES)
+                with open(target, "rb") as handle:
+                    return _content(relative, handle.read(MAX_READ_BYTES + 1))
+            except (CcexecError, OSError) as exc:
+                raise Refusal(f"cannot read {relative!r}: {exc}") from None
 
     def _open_root(self) -> int:
         if self._files is None:

@@ -214,6 +214,19 @@ def test_read_file_returns_a_png_written_by_a_block_as_image_content(server: Raw
     assert len(base64.b64decode(content["data"])) == size
 
 
+def test_run_code_returns_the_images_it_made_when_asked(server: RawServer) -> None:
+    """With images=true the call's new PNG comes back as image content after the output, from the
+    call's own files listing; without it, only the listing names it."""
+    result = server.tool("run_code", {"code": MAKE_PNG, "images": True})
+    text, image = result["content"]
+    assert (text["type"], image["type"], image["mimeType"]) == ("text", "image", "image/png")
+    assert len(base64.b64decode(image["data"])) == int(text["text"])
+    assert result["structuredContent"]["files"] == ["plot.png"]
+    plain = server.tool("run_code", {"code": MAKE_PNG})
+    assert [part["type"] for part in plain["content"]] == ["text"]
+    assert plain["structuredContent"]["files"] == ["plot.png"]
+
+
 def test_binary_and_oversized_files_are_refused_clearly(server: RawServer, tmp_path: Path) -> None:
     """Other binaries, directories and missing files give an error result that says what to do."""
     (tmp_path / "blob.bin").write_bytes(b"\x00\x01\x02\xff")
@@ -360,6 +373,25 @@ def test_docker_run_code_files_and_container_removed_at_eof(docker_engine: str, 
         assert raw.close() == 0
         assert raw.bad == []
     assert engine.wait_state(name, "gone", 15) == "gone"
+
+
+def test_docker_without_a_mount_returns_images_and_reads_files(docker_engine: str, tmp_path: Path) -> None:
+    """Nothing mounted (as with a remote engine): run_code's images and read_file come through copy_from."""
+    from ccexec import DockerCommandLineCodeExecutor
+    from ccexec._client import Cancel
+    from ccexec._mcp_tools import Tools
+
+    executor = DockerCommandLineCodeExecutor(
+        docker_engine, f"{TEST_PREFIX}mcp-nomount-{os.urandom(3).hex()}", work_dir=tmp_path, mount_work_dir=False
+    )
+    with executor:
+        tools = Tools(executor, timeout=20, max_output_bytes=1 << 20, files=None, note="in a test container")
+        result = tools.call("run_code", {"code": MAKE_PNG, "images": True}, Cancel(), None, structured=True)
+        text, image = result["content"]
+        assert len(base64.b64decode(image["data"])) == int(text["text"])
+        assert not (tmp_path / "plot.png").exists()  # it lives in the container only
+        read = tools.call("read_file", {"path": "plot.png"}, Cancel(), None, structured=True)
+        assert read["content"][0]["mimeType"] == "image/png"
 
 
 # -- fuzz --------------------------------------------------------------------------------------
