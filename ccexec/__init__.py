@@ -20,6 +20,7 @@ from .errors import (
     ImageNotFoundError,
     InvalidArgumentError,
     ProtocolViolationError,
+    SandboxUnavailableError,
     SupervisorGoneError,
     VirtualEnvError,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "ImageNotFoundError",
     "InvalidArgumentError",
     "ProtocolViolationError",
+    "SandboxUnavailableError",
     "SupervisorGoneError",
     "Language",
     "LocalCommandLineCodeExecutor",
