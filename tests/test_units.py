@@ -314,6 +314,7 @@ DOCUMENTED_BASES: list[tuple[type[ccexec.CcexecError], type[BaseException]]] = [
     (ccexec.DockerTimeoutError, TimeoutError),
     (ccexec.SupervisorGoneError, RuntimeError),
     (ccexec.ProtocolViolationError, ccexec.SupervisorGoneError),
+    (ccexec.SandboxUnavailableError, RuntimeError),
 ]
 ALL_ERRORS = sorted(
     (cls for _, cls in inspect.getmembers(errors, inspect.isclass) if issubclass(cls, errors.CcexecError)),
@@ -345,6 +346,7 @@ TYPED_ERRORS: list[tuple[ccexec.CcexecError, dict[str, object]]] = [
     (errors.SupervisorGoneError(where="the local executor", reason="exit status -9"), {"reason": "exit status -9"}),
     (errors.ProtocolViolationError(where="container c", reason="bad header"), {"where": "container c"}),
     (errors.ContainerGoneError(container="c1", reason="killed", exit_status=137), {"exit_status": 137}),
+    (errors.SandboxUnavailableError(cause="no bwrap", fix="install it"), {"cause": "no bwrap", "fix": "install it"}),
 ]
 
 
