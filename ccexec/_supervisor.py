@@ -358,10 +358,10 @@ class Supervisor(Blocks):
 
 def main():
     # type: () -> None
-    for arg in sys.argv[1:]:  # python -c SOURCE --rlimit=NUMBER:VALUE...: limits for every block
+    for arg in sys.argv[1:]:  # python -c SOURCE --rlimit=NUMBER:SOFT:HARD...: limits for every block
         if arg.startswith("--rlimit="):
-            number, value = arg[len("--rlimit=") :].split(":")
-            BLOCK_LIMITS.append((int(number), int(value)))
+            number, soft, hard = arg[len("--rlimit=") :].split(":")
+            BLOCK_LIMITS.append((int(number), int(soft), int(hard)))
     guards = []
     if prctl(PR_SET_DUMPABLE, 0):
         guards.append("nondumpable")

@@ -27,10 +27,10 @@ PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_CAPBSET_DROP = 24
 CAP_SYS_PTRACE = 19
-#: Resource limits ``(RLIMIT_* number, value)`` each shepherd sets on itself, soft and hard, before
-#: its first block, so blocks inherit them and cannot raise them; given on the supervisor's
-#: command line (the sandbox does), else none.
-BLOCK_LIMITS = []  # type: List[Tuple[int, int]]
+#: Resource limits ``(RLIMIT_* number, soft, hard)`` each shepherd sets on itself before its first
+#: block, so blocks inherit them and cannot raise the hard ones; given on the supervisor's command
+#: line (the sandbox does), else none.
+BLOCK_LIMITS = []  # type: List[Tuple[int, int, int]]
 #: Every signal but SIGKILL and SIGSTOP: reset to their defaults in each block.
 SIGNALS = tuple(n for n in signal.valid_signals() if n not in (signal.SIGKILL, signal.SIGSTOP))
 
@@ -196,14 +196,16 @@ def shepherd(command_read, out_write, status_write):
 
 def limit_blocks():
     # type: () -> None
-    """Set BLOCK_LIMITS on this process, soft and hard (never above the hard limit it has)."""
+    """Set BLOCK_LIMITS on this process (never above the hard limits it has)."""
     if BLOCK_LIMITS:
         import resource
 
-        for number, wanted in BLOCK_LIMITS:
-            hard = resource.getrlimit(number)[1]
-            value = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-            resource.setrlimit(number, (value, value))
+        for number, soft, hard in BLOCK_LIMITS:
+            now = resource.getrlimit(number)[1]
+            if now == resource.RLIM_INFINITY:
+                resource.setrlimit(number, (soft, hard))
+            else:
+                resource.setrlimit(number, (min(soft, now), min(hard, now)))
 
 
 def run_leader(argv, env, out_write):

@@ -268,11 +268,8 @@ class BwrapBackend(SupervisedBackend):
 
     def _start_error(self, attached: Attached) -> Exception:
         """Why the supervisor did not say hello: bwrap's refusal, mapped to a cause and a fix, or a hang."""
-        code = attached.proc.poll()
-        if code is None:
-            return attached.client.error or SupervisorGoneError(
-                where=self._where, reason=f"it did not start within {START_DEADLINE:g} s"
-            )
+        if attached.proc.poll() is None and attached.client.error is None:
+            return SupervisorGoneError(where=self._where, reason=f"it did not start within {START_DEADLINE:g} s")
         with contextlib.suppress(subprocess.TimeoutExpired):
             attached.proc.wait(END_GRACE)
         import time
@@ -282,7 +279,10 @@ class BwrapBackend(SupervisedBackend):
         lowered = stderr.lower()
         if lowered.startswith("bwrap:") and any(hint in lowered for hint in _USERNS_HINTS):
             return SandboxUnavailableError(cause=f"bubblewrap refused to make the sandbox: {stderr}", fix=_USERNS_FIX)
-        return SupervisorGoneError(where=self._where, reason=f"bwrap exited with status {code}: {stderr[-500:]}")
+        code = attached.proc.poll()
+        return SupervisorGoneError(
+            where=self._where, reason=f"bwrap exited with status {code}: {stderr[-500:] or 'no message'}"
+        )
 
     def argv(self, bwrap: str) -> list[str]:
         """bwrap's command line: namespaces, capabilities, mounts, then the supervisor with its limits."""
@@ -327,9 +327,10 @@ class BwrapBackend(SupervisedBackend):
 
     def _interpreter_paths(self) -> list[str]:
         """The interpreter's installation (its prefix, found from the real path of the binary) and extra paths."""
-        real = os.path.realpath(self._python)
-        prefix = os.path.dirname(os.path.dirname(real))
-        paths = [prefix] if prefix not in ("/", "") else [os.path.dirname(real)]
+        paths = []
+        for binary in (os.path.abspath(self._python), os.path.realpath(self._python)):  # a venv's, then its base's
+            prefix = os.path.dirname(os.path.dirname(binary))
+            paths.append(prefix if prefix not in ("/", "") else os.path.dirname(binary))
         return paths + self._read_only
 
     def _users_dir(self) -> str:
@@ -367,7 +368,9 @@ class BwrapBackend(SupervisedBackend):
             if name == "processes" and self.as_root:
                 # Nobody's tasks anywhere on this host count too (no user namespace of its own).
                 value += _tasks_of(NOBODY)
-            args.append(f"--rlimit={getattr(resource, constant)}:{value}")
+            # CPU: SIGXCPU at the limit says why; SIGKILL a second later if the block ignores it.
+            hard = value + 1 if name == "cpu_seconds" else value
+            args.append(f"--rlimit={getattr(resource, constant)}:{value}:{hard}")
         return args
 
     def _stopped(self) -> SupervisorGoneError:
