@@ -125,6 +125,11 @@ class LocalCommandLineCodeExecutor(BaseCommandLineExecutor):
         """The sandbox blocks run in (``"bwrap"``), or None when they run on this host as you."""
         return self._sandbox
 
+    @property
+    def sandbox_network(self) -> bool:
+        """Whether sandboxed blocks share this host's network."""
+        return self._network
+
     def _new_backend(self) -> Backend:
         if self._sandbox is not None:
             return self._sandbox_backend()

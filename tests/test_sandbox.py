@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
 import sys
 import time
 import uuid
@@ -17,6 +18,8 @@ import ccexec
 from ccexec import CodeBlock, LocalCommandLineCodeExecutor
 from ccexec.backends import bwrap
 
+from .conftest import REPO
+from .mcp_raw import RawServer
 from .test_attacks import kill_marked, survivors
 
 needs_bwrap = pytest.mark.usefixtures("bwrap_sandbox")
@@ -242,3 +245,60 @@ def test_read_only_paths(tmp_path: Path) -> None:
     assert output.startswith("given\n")
     assert output.endswith("refused\n")
     assert not (data / "out.txt").exists()
+
+
+# -- command line, MCP server, doctor --------------------------------------------------------------
+
+
+def ccexec_main(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ccexec", *args],
+        input=stdin,
+        capture_output=True,
+        encoding="utf-8",
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+        check=False,
+    )
+
+
+@needs_bwrap
+def test_cli_run_sandbox(tmp_path: Path) -> None:
+    """`ccexec run --sandbox` runs the blocks in the sandbox (no host process visible, no network)."""
+    script = tmp_path / "probe.py"
+    script.write_text("import os, socket\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]))\n"
+                      "print([name for _, name in socket.if_nameindex()])\n", encoding="utf-8")  # fmt: skip
+    done = ccexec_main("run", "--sandbox", str(script))
+    assert (done.returncode, done.stdout) == (0, "3\n['lo']\n"), done.stderr
+
+
+@needs_bwrap
+def test_doctor_sandbox() -> None:
+    """`ccexec doctor --sandbox` checks bwrap, namespaces and a block run inside, and exits 0 here."""
+    done = ccexec_main("doctor", "--sandbox")
+    assert done.returncode == 0, done.stdout
+    assert [line.split("]")[0] for line in done.stdout.splitlines()] == ["[ok  "] * 3
+
+
+def test_doctor_sandbox_without_bwrap(tmp_path: Path) -> None:
+    """Without bwrap, doctor --sandbox says how to install it and exits 1."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ccexec", "doctor", "--sandbox"], capture_output=True, encoding="utf-8", cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": str(tmp_path)}, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "apt-get install bubblewrap" in done.stdout
+
+
+@needs_bwrap
+def test_mcp_sandbox(tmp_path: Path) -> None:
+    """`ccexec mcp --sandbox` runs code in the sandbox and says so in the tool's description."""
+    with RawServer(["--sandbox", "--work-dir", str(tmp_path / "work"), "--timeout", "20"]) as raw:
+        raw.initialize()
+        tools = {tool["name"]: tool for tool in raw.request("tools/list")["result"]["tools"]}
+        assert "sandbox" in tools["run_code"]["description"]
+        result = raw.tool("run_code", {"code": "import os; print(os.path.exists('/root/.bashrc'), os.getpid())"})
+        assert result["structuredContent"]["output"] == "False 3\n"
+        assert raw.close() == 0
+    assert b"bubblewrap sandbox" in raw.stderr

@@ -79,23 +79,18 @@ _os.setgid(%d)
 _os.setuid(%d)
 if _os.getuid() != %d or _os.geteuid() != %d:
     raise SystemExit("ccexec sandbox: could not become nobody")
+_os.chdir(%r)  # as nobody: the work dir may be 0700, and root here has no CAP_DAC_OVERRIDE
 del _ctypes, _os, _prctl, _cap
 """
 #: bwrap's messages when namespaces are refused, and what to do (lower-cased, checked in order).
-_USERNS_HINTS = (
-    "no permissions to creat",
-    "creating new namespace failed",
-    "setting up uid map",
-    "operation not permitted",
-    "permission denied",
-)
+_USERNS_HINTS = ("no permissions to creat", "creating new namespace failed", "setting up uid map", "unshare")
 _USERNS_FIX = (
     "allow unprivileged user namespaces: `sudo sysctl -w kernel.unprivileged_userns_clone=1` (Debian before 11), "
     "`sudo sysctl -w user.max_user_namespaces=15000`, or on Ubuntu 23.10+ "
     "`sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (or an AppArmor profile for bwrap); "
     "in a container, run it with a seccomp profile that allows unshare"
 )
-_INSTALL_FIX = (
+INSTALL_FIX = (
     "install bubblewrap: `sudo apt-get install bubblewrap` (Debian, Ubuntu), `sudo dnf install bubblewrap` "
     "(Fedora), `sudo pacman -S bubblewrap` (Arch); or put bwrap on PATH"
 )
@@ -136,7 +131,7 @@ def check_available(bwrap: str = "bwrap") -> str:
     """Return bwrap's path; raise SandboxUnavailableError when bwrap is missing or cannot make namespaces."""
     path = shutil.which(bwrap)
     if path is None:
-        raise SandboxUnavailableError(cause=f"{bwrap!r} (bubblewrap) is not on PATH", fix=_INSTALL_FIX)
+        raise SandboxUnavailableError(cause=f"{bwrap!r} (bubblewrap) is not on PATH", fix=INSTALL_FIX)
     if os.geteuid() == 0:
         return path  # root makes namespaces without a user namespace
     for name, refused in (
@@ -296,7 +291,9 @@ class BwrapBackend(SupervisedBackend):
         else:
             argv += ["--unshare-user", "--disable-userns"]
         argv += self._mounts()
-        argv += ["--chdir", self._work_dir, "--", self._python, "-I", "-S", "-c", self._source()]
+        # As root, the supervisor's first lines enter the work dir, once they are nobody.
+        argv += ["--chdir", "/" if self.as_root else self._work_dir]
+        argv += ["--", self._python, "-I", "-S", "-c", self._source()]
         return argv + self._limit_args()
 
     def _mounts(self) -> list[str]:
@@ -354,7 +351,7 @@ class BwrapBackend(SupervisedBackend):
     def _source(self) -> str:
         source = supervisor_source()
         if self.as_root:
-            source = _BECOME_NOBODY % (NOBODY, NOBODY, NOBODY, NOBODY) + source
+            source = _BECOME_NOBODY % (NOBODY, NOBODY, NOBODY, NOBODY, self._work_dir) + source
         return source
 
     def _limit_args(self) -> list[str]:
