@@ -21,6 +21,7 @@ import files
 import footprint
 import local_latency
 import output_heavy
+import sandbox_latency
 import throughput
 from _harness import SCALE, Section, environment_header, md_table, print_section, remove_bench_containers, targets_table
 
@@ -28,6 +29,7 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BENCHMARKS: list[tuple[str, Callable[[], list[Section]]]] = [
     ("footprint.py", footprint.run),
     ("local_latency.py", local_latency.run),
+    ("sandbox_latency.py", sandbox_latency.run),
     ("docker_latency.py", docker_latency.run),
     ("throughput.py", throughput.run),
     ("output_heavy.py", output_heavy.run),

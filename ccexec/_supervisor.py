@@ -52,7 +52,16 @@ try:  # imported from ccexec on the host (tests, tools)
         RunRequest,
         frame,
     )
-    from ._tree import PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, Block, Shepherd, kill_tree, oom_kills, prctl
+    from ._tree import (
+        BLOCK_LIMITS,
+        PR_SET_CHILD_SUBREAPER,
+        PR_SET_DUMPABLE,
+        Block,
+        Shepherd,
+        kill_tree,
+        oom_kills,
+        prctl,
+    )
     from ._workdir import delete_file, scrub, write_file
 except ImportError:  # shipped as text after _protocol's: its names are defined already
     pass
@@ -349,6 +358,10 @@ class Supervisor(Blocks):
 
 def main():
     # type: () -> None
+    for arg in sys.argv[1:]:  # python -c SOURCE --rlimit=NUMBER:SOFT:HARD...: limits for every block
+        if arg.startswith("--rlimit="):
+            number, soft, hard = arg[len("--rlimit=") :].split(":")
+            BLOCK_LIMITS.append((int(number), int(soft), int(hard)))
     guards = []
     if prctl(PR_SET_DUMPABLE, 0):
         guards.append("nondumpable")

@@ -27,6 +27,10 @@ PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_CAPBSET_DROP = 24
 CAP_SYS_PTRACE = 19
+#: Resource limits ``(RLIMIT_* number, soft, hard)`` each shepherd sets on itself before its first
+#: block, so blocks inherit them and cannot raise the hard ones; given on the supervisor's command
+#: line (the sandbox does), else none.
+BLOCK_LIMITS = []  # type: List[Tuple[int, int, int]]
 #: Every signal but SIGKILL and SIGSTOP: reset to their defaults in each block.
 SIGNALS = tuple(n for n in signal.valid_signals() if n not in (signal.SIGKILL, signal.SIGSTOP))
 
@@ -158,6 +162,7 @@ def shepherd(command_read, out_write, status_write):
     # A root block keeps its powers, but not the one that reads a non-dumpable process's fds and
     # memory: the supervisor's channel stays out of its reach (a no-op for other users).
     prctl(PR_CAPBSET_DROP, CAP_SYS_PTRACE)
+    limit_blocks()
     keep = (command_read, out_write, status_write)
     for name in os.listdir("/proc/self/fd"):  # the protocol pipes and other blocks' pipes
         if int(name) > 2 and int(name) not in keep:
@@ -187,6 +192,20 @@ def shepherd(command_read, out_write, status_write):
         os.write(status_write, b"%d\n" % status)
         if not clean:
             os._exit(0)
+
+
+def limit_blocks():
+    # type: () -> None
+    """Set BLOCK_LIMITS on this process (never above the hard limits it has)."""
+    if BLOCK_LIMITS:
+        import resource
+
+        for number, soft, hard in BLOCK_LIMITS:
+            now = resource.getrlimit(number)[1]
+            if now == resource.RLIM_INFINITY:
+                resource.setrlimit(number, (soft, hard))
+            else:
+                resource.setrlimit(number, (min(soft, now), min(hard, now)))
 
 
 def run_leader(argv, env, out_write):

@@ -67,13 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     gc.set_defaults(handler=_gc)
     doctor = commands.add_parser(
         "doctor",
-        help="check the container engine: client, engine, rootless, image, bind mounts",
+        help="check the container engine (client, engine, rootless, image, bind mounts), or with --sandbox bubblewrap",
         description="Check what ccexec's Docker executor needs: the client binary, a reachable engine "
         "(DOCKER_HOST / context), rootless or not, the image, and whether bind mounts of this host's paths "
         "reach the engine. Prints one line per check and advice for each failure; exits 1 if any failed.",
     )
     doctor.add_argument("--docker", default="docker", help="client command (default: docker; e.g. podman)")
     doctor.add_argument("--image", default="python:3-slim", help="image to look for (default: python:3-slim)")
+    doctor.add_argument(
+        "--sandbox", action="store_true",
+        help="check the bubblewrap sandbox instead (bwrap, user namespaces, a block run inside)",
+    )  # fmt: skip
     doctor.set_defaults(handler=_doctor)
     return parser
 
@@ -89,7 +93,11 @@ def add_backend_arguments(parser: argparse.ArgumentParser, *, default: str, hard
         "--local", dest="backend", action="store_const", const="local",
         help="on this host, with your permissions: not a sandbox" + (" (the default)" if default == "local" else ""),
     )  # fmt: skip
-    # A future host sandbox (--sandbox) is one more const here and one more branch in make_executor.
+    where.add_argument(
+        "--sandbox", dest="backend", action="store_const", const="sandbox",
+        help="on this host in a bubblewrap sandbox: system read-only, no network (unless --network), no host "
+        "processes or home, only the work dir writable (see `ccexec doctor --sandbox`)",
+    )  # fmt: skip
     parser.set_defaults(backend=default)
     limits = parser.add_argument_group("limits")
     limits.add_argument("--timeout", type=float, default=60, help="seconds per block (default: 60)")
@@ -109,7 +117,10 @@ def add_backend_arguments(parser: argparse.ArgumentParser, *, default: str, hard
         f"(default: {'on' if hardened else 'off'}); the flags below override single limits",
     )  # fmt: skip
     docker.add_argument("--container-name", help="the container's name (default: ccexec- and a random suffix)")
-    docker.add_argument("--network", help="docker run --network (e.g. none, bridge)")
+    docker.add_argument(
+        "--network", help="docker run --network (e.g. none, bridge); with --sandbox, any value but none shares this "
+        "host's network",
+    )  # fmt: skip
     docker.add_argument("--memory", help="docker run --memory (e.g. 512m)")
     docker.add_argument("--cpus", type=float, help="docker run --cpus")
     docker.add_argument("--pids-limit", type=int, help="docker run --pids-limit")
@@ -126,6 +137,11 @@ def make_executor(args: argparse.Namespace, *, on_output: OutputCallback = None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the user chose --local; callers say so themselves
             return LocalCommandLineCodeExecutor(on_output=on_output, **options)
+    if args.backend == "sandbox":
+        from .local import LocalCommandLineCodeExecutor
+
+        network = args.network not in (None, "none")
+        return LocalCommandLineCodeExecutor(on_output=on_output, sandbox=True, network=network, **options)
     from .docker import DockerCommandLineCodeExecutor
 
     return DockerCommandLineCodeExecutor(
@@ -151,6 +167,8 @@ def _mcp(args: argparse.Namespace) -> int:
         print(f"ccexec mcp: cannot start the {args.backend} backend: {exc}", file=sys.stderr)
         if args.backend == "docker":
             _advise(args.engine, args.image)
+        elif args.backend == "sandbox":
+            print("Run `python -m ccexec doctor --sandbox` for the full report.", file=sys.stderr)
         return 1
     print(f"ccexec mcp: serving on stdio; {_describe(args, executor)}, work dir {executor.work_dir}", file=sys.stderr)
     return serve_stdio(executor, tools_for(executor, args))
@@ -170,13 +188,17 @@ def _advise(engine: str, image: str) -> None:
 def _describe(args: argparse.Namespace, executor: Any) -> str:
     if args.backend == "local":
         return "code runs on this host (--local, not a sandbox)"
+    if args.backend == "sandbox":
+        return "code runs on this host in a bubblewrap sandbox" + (" with network" if executor.sandbox_network else "")
     hardened = " (hardened)" if args.hardened else ""
     return f"code runs in {args.engine} container {executor.container_name} of image {args.image}{hardened}"
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from .doctor import report
+    from .doctor import report, report_sandbox
 
+    if args.sandbox:
+        return report_sandbox()
     return report(args.docker, args.image)
 
 

@@ -1,4 +1,4 @@
-"""``python -m ccexec doctor``: what the configured container engine can and cannot do here."""
+"""``python -m ccexec doctor``: what the configured container engine (or the sandbox) can and cannot do here."""
 
 from __future__ import annotations
 
@@ -111,6 +111,59 @@ def _bind_mount(cli: DockerCLI, image: str) -> Check:
         "ccexec then sends code through the CLI (mount_work_dir=False, the default for remote engines); "
         "in Docker-out-of-Docker pass bind_dir= the host path of the work dir",
     )
+
+
+def diagnose_sandbox() -> list[Check]:
+    """Check bubblewrap: the binary, user namespaces for this user, and a block run inside a sandbox."""
+    import shutil
+    import subprocess
+
+    from .backends import bwrap
+
+    path = shutil.which("bwrap")
+    if path is None:
+        return [Check("bwrap", False, "not on PATH", bwrap.INSTALL_FIX)]
+    try:
+        version = subprocess.run([path, "--version"], capture_output=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [Check("bwrap", False, f"{path} does not run: {exc}", bwrap.INSTALL_FIX)]
+    checks = [Check("bwrap", True, f"{path} ({version.decode('utf-8', 'replace').strip()})")]
+    who = "root: blocks run as nobody, without a user namespace" if os.geteuid() == 0 else "unprivileged"
+    try:
+        bwrap.check_available()
+    except CcexecError as exc:
+        return [*checks, Check("namespaces", False, f"{who}; {getattr(exc, 'cause', exc)}", getattr(exc, "fix", ""))]
+    checks.append(Check("namespaces", True, who))
+    checks.append(_sandbox_run())
+    return checks
+
+
+def _sandbox_run() -> Check:
+    """Run a block in a sandbox: it must see no host process and no network."""
+    import warnings
+
+    from .blocks import CodeBlock
+    from .local import LocalCommandLineCodeExecutor
+
+    code = "import os, socket\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]), socket.if_nameindex())"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            with LocalCommandLineCodeExecutor(timeout=30, sandbox=True) as executor:
+                result = executor.execute_code_blocks([CodeBlock(code, "python")])
+    except CcexecError as exc:
+        return Check("run", False, str(exc), getattr(exc, "fix", "") or "see the message")
+    if result.exit_code != 0:
+        return Check("run", False, f"a block failed inside: {result.output.strip()[-300:]}", "report this as a bug")
+    return Check("run", True, f"a block ran inside (processes it sees, network interfaces): {result.output.strip()}")
+
+
+def report_sandbox(write: Callable[[str], object] = print) -> int:
+    """Print the sandbox checks; return 0 when all passed, else 1."""
+    checks = diagnose_sandbox()
+    for check in checks:
+        write(check.render())
+    return 0 if all(check.ok for check in checks) else 1
 
 
 def report(docker: ClientCommand, image: str, write: Callable[[str], object] = print) -> int:

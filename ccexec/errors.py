@@ -158,6 +158,23 @@ class CopyTooLargeError(CcexecError, OSError):
         )
 
 
+class SandboxUnavailableError(CcexecError, RuntimeError):
+    """The sandbox cannot be set up here; ``cause`` says why and ``fix`` how to make it work.
+
+    Raised instead of running anything: a sandboxed executor never falls back to running unsandboxed.
+    """
+
+    def __init__(self, message: str = "", *, cause: str = "", fix: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.fix = fix
+
+    def __str__(self) -> str:
+        if self.message:
+            return self.message
+        return f"the sandbox cannot run here: {self.cause}. Fix: {self.fix}. Nothing was run unsandboxed."
+
+
 class DockerError(CcexecError, RuntimeError):
     """The docker client or engine failed; ``command`` (the argv) and ``stderr`` say how."""
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from ._capture import OutputCallback
     from .backends import Backend
+    from .backends.bwrap import BwrapBackend
 
 _warned = False
 
@@ -34,7 +35,7 @@ def _warn_not_a_sandbox() -> None:
 
 
 class LocalCommandLineCodeExecutor(BaseCommandLineExecutor):
-    """Run each code block as a file in a new process on this host (not a sandbox).
+    """Run each code block as a file in a new process on this host (not a sandbox, unless ``sandbox=True``).
 
     Blocks run in order in ``work_dir`` (a temporary directory removed by ``stop()`` when
     None; a given path and its missing parents are created). Each block gets ``timeout``
@@ -50,6 +51,15 @@ class LocalCommandLineCodeExecutor(BaseCommandLineExecutor):
             the result's ``truncated`` is set.
         on_output: called with each raw chunk of output as it arrives (from a worker thread).
         setup_timeout: seconds for installing the functions' packages (default: timeout).
+        sandbox: True (or ``"bwrap"``) runs the blocks in a bubblewrap sandbox: the system
+            read-only, no network, no host processes, no environment of ours, the work dir the
+            only writable host path (see the README's "Sandbox without Docker"). Raises
+            SandboxUnavailableError when bwrap or user namespaces are missing; never runs
+            unsandboxed instead.
+        network: with the sandbox, True shares this host's network (default: none).
+        limits: with the sandbox, limits for every block (``cpu_seconds``, ``address_space``,
+            ``file_size``, ``open_files``, ``processes``, ``tmp_size``; None removes one).
+        read_only_paths: with the sandbox, more host paths visible read-only (data, tools).
     """
 
     def __init__(  # noqa: PLR0917 - positional order is AutoGen's, so switching is an import change
@@ -66,6 +76,10 @@ class LocalCommandLineCodeExecutor(BaseCommandLineExecutor):
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         on_output: OutputCallback = None,
         setup_timeout: float | None = None,
+        sandbox: bool | str = False,
+        network: bool | None = None,
+        limits: Mapping[str, int | None] | None = None,
+        read_only_paths: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         super().__init__(
             timeout=timeout,
@@ -78,26 +92,62 @@ class LocalCommandLineCodeExecutor(BaseCommandLineExecutor):
             setup_timeout=setup_timeout,
             delete_generated=cleanup_temp_files,
         )
+        from .backends.bwrap import check_available, check_limits, sandbox_kind
+
+        self._sandbox = sandbox_kind(sandbox)
+        if self._sandbox is None and (network is not None or limits is not None or read_only_paths):
+            raise InvalidArgumentError("network, limits and read_only_paths apply only with sandbox=True")
+        self._limits = None if limits is None else check_limits(limits)
+        self._network, self._read_only = bool(network), [os.fspath(path) for path in read_only_paths]
         self._python = sys.executable
         overrides: dict[str, str | None] = {}
+        self._venv_dir: str | None = None
         if virtual_env_context is not None:
             self._python, overrides = _venv_settings(virtual_env_context)
+            self._venv_dir = overrides.get("VIRTUAL_ENV")
+            if self._sandbox is not None:  # the sandbox's PATH starts with the interpreter's bin already
+                overrides = {"VIRTUAL_ENV": self._venv_dir}
         overrides.update(env or {})
         self._env_overrides = overrides
         self._virtual_env_context = virtual_env_context
-        _warn_not_a_sandbox()
+        if self._sandbox is None:
+            _warn_not_a_sandbox()
+        else:
+            check_available()  # now: a missing bwrap is the constructor's error, not the first call's
 
     @property
     def cleanup_temp_files(self) -> bool:
         """Whether generated code files are deleted after each run."""
         return self._delete_generated
 
+    @property
+    def sandbox(self) -> str | None:
+        """The sandbox blocks run in (``"bwrap"``), or None when they run on this host as you."""
+        return self._sandbox
+
+    @property
+    def sandbox_network(self) -> bool:
+        """Whether sandboxed blocks share this host's network."""
+        return self._network
+
     def _new_backend(self) -> Backend:
+        if self._sandbox is not None:
+            return self._sandbox_backend()
         from .backends.host import HostBackend
 
         return HostBackend(str(self.work_dir), self._python)
 
+    def _sandbox_backend(self) -> BwrapBackend:
+        from .backends.bwrap import BwrapBackend
+
+        read_only = [*self._read_only, *([self._venv_dir] if self._venv_dir else [])]
+        return BwrapBackend(
+            str(self.work_dir), self._python, read_only=read_only, network=self._network, limits=self._limits
+        )
+
     def _block_env(self) -> tuple[dict[str, str], bool]:
+        if self._sandbox is not None:
+            return self._sandbox_env(), True
         # Ours, read anew for each call, then the overrides (None deletes a variable). UTF-8
         # and unbuffered output keep Python children's stdout and stderr in the written order.
         env = dict(os.environ, PYTHONIOENCODING="utf-8", PYTHONUNBUFFERED="1")
@@ -108,10 +158,17 @@ class LocalCommandLineCodeExecutor(BaseCommandLineExecutor):
                 env[key] = value
         return env, True
 
+    def _sandbox_env(self) -> dict[str, str]:
+        """Nothing of our environment: the sandbox's base (the interpreter's bin first in PATH), then ``env=``."""
+        from .backends.bwrap import sandbox_env
+
+        return sandbox_env(self._python, self._env_overrides)
+
     def _can_run(self, language: Language) -> bool:
         import shutil
 
-        return language.command[0] == PYTHON or shutil.which(language.command[0]) is not None
+        path = self._sandbox_env()["PATH"] if self._sandbox is not None else None
+        return language.command[0] == PYTHON or shutil.which(language.command[0], path=path) is not None
 
 
 def _venv_settings(context: Any) -> tuple[str, dict[str, str | None]]:

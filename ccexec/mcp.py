@@ -296,6 +296,10 @@ def tools_for(executor: BaseCommandLineExecutor, args: Any) -> Tools:
     if args.backend == "local":
         files: str | None = str(executor.work_dir)
         note = "on the server's host, with its user's permissions (not a sandbox)"
+    elif args.backend == "sandbox":
+        files = str(executor.work_dir)
+        network = getattr(executor, "sandbox_network", False)
+        note = "in a sandbox on the server's host" + ("" if network else " without network access")
     else:
         mounted = getattr(executor, "mounts_work_dir", False)
         files = str(executor.work_dir) if mounted else None

@@ -9,7 +9,8 @@
 #     --sshd:   an sshd on 127.0.0.1 (port 2222, or the next free one) with key
 #               login for root, so that this engine is also reachable as a
 #               remote one over SSH; the docker context ccexec-test-ssh names it
-# Always: the unprivileged user ccexec-tester (tests run the local executor as it).
+# Always: the unprivileged user ccexec-tester (tests run the local executor as it),
+# and bubblewrap (the local executor's sandbox).
 #
 # Env: CCEXEC_TEST_IMAGE (image name), CCEXEC_DEBIAN_MIRROR (else the one in
 # /etc/apt), CCEXEC_DOCKERD_FLAGS (extra dockerd flags), CCEXEC_TEST_SSH_PORT
@@ -51,6 +52,10 @@ apt_install() {  # 'apt-get update' at most once per run
 if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
   log "installing docker.io and debootstrap from Debian"
   apt_install docker.io debootstrap
+fi
+if ! command -v bwrap >/dev/null; then  # LocalCommandLineCodeExecutor(sandbox=True)
+  log "installing bubblewrap from Debian"
+  apt_install bubblewrap
 fi
 # We drive the daemon with Debian's own client, /usr/bin/docker, which always
 # matches Debian's daemon. /usr/local/bin/docker (28.x) comes first in PATH;

@@ -492,3 +492,19 @@ def orphan_label_args() -> list[str]:
     child.wait()  # reaped: its pid names no process now
     labels = {**owner_labels(), PID_LABEL: str(child.pid)}
     return [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
+
+
+# -- the bubblewrap sandbox ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def bwrap_sandbox(request: pytest.FixtureRequest) -> None:
+    """Nothing, once bubblewrap can make a sandbox here; skip (or fail when CI=true) otherwise."""
+    from ccexec.backends.bwrap import check_available
+
+    try:
+        check_available()
+    except ccexec.SandboxUnavailableError as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes") or request.config.getoption("--require-docker"):
+            pytest.fail(f"the bubblewrap sandbox is required (CI=true or --require-docker) but {exc}")
+        pytest.skip(str(exc))

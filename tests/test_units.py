@@ -319,6 +319,7 @@ DOCUMENTED_BASES: list[tuple[type[ccexec.CcexecError], type[BaseException]]] = [
     (ccexec.HostPathExistsError, FileExistsError),
     (ccexec.UnsafeFileError, ValueError),
     (ccexec.CopyTooLargeError, OSError),
+    (ccexec.SandboxUnavailableError, RuntimeError),
 ]
 ALL_ERRORS = sorted(
     (cls for _, cls in inspect.getmembers(errors, inspect.isclass) if issubclass(cls, errors.CcexecError)),
@@ -355,6 +356,7 @@ TYPED_ERRORS: list[tuple[ccexec.CcexecError, dict[str, object]]] = [
     (errors.HostPathExistsError(path="/tmp/out"), {"path": "/tmp/out"}),
     (errors.UnsafeFileError(path="leak", reason="a symlink"), {"path": "leak", "reason": "a symlink"}),
     (errors.CopyTooLargeError(path="huge", max_bytes=10), {"path": "huge", "max_bytes": 10}),
+    (errors.SandboxUnavailableError(cause="no bwrap", fix="install it"), {"cause": "no bwrap", "fix": "install it"}),
 ]
 
 

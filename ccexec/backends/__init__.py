@@ -1,6 +1,7 @@
 """Where blocks run: each backend starts a supervisor (or its stand-in) and runs requests on it.
 
 - ``host``: the supervisor as a child process of this one (LocalCommandLineCodeExecutor).
+- ``bwrap``: the supervisor as PID 1 of a bubblewrap sandbox (LocalCommandLineCodeExecutor(sandbox=True)).
 - ``docker``: the supervisor as a container's main process, attached over ``docker run -i``.
 - ``docker_exec``: one ``docker exec`` per block, for images with only ``sh``.
 - ``docker_cli``: every docker argv, and the mapping of the CLI's stderr to exceptions.
