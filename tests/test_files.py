@@ -7,8 +7,8 @@ over SSH, which picks no mount by itself. The archive checks also run without an
 
 from __future__ import annotations
 
-import io
 import functools
+import io
 import os
 import stat
 import tarfile
