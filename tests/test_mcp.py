@@ -89,11 +89,11 @@ def test_old_protocol_gets_no_output_schema(tmp_path: Path) -> None:
 
 
 def test_run_code_returns_output_and_structured_content(server: RawServer) -> None:
-    """Output as text; exit code, timed_out and truncated as structuredContent."""
+    """Output as text; exit code, timed_out, truncated, the output and the files made as structuredContent."""
     result = server.tool("run_code", {"code": "import os; print('hi', os.getcwd())"})
     assert result["isError"] is False
     assert result["structuredContent"] == {
-        "exit_code": 0, "timed_out": False, "truncated": False, "output": text_of(result),
+        "exit_code": 0, "timed_out": False, "truncated": False, "output": text_of(result), "files": [],
     }  # fmt: skip
     assert text_of(result).startswith("hi /")
 
@@ -120,7 +120,7 @@ def test_timeout_kills_the_block_and_reports_124(server: RawServer) -> None:
     result = server.tool("run_code", {"code": "import time; time.sleep(30)", "timeout": 1})
     assert time.monotonic() - start < 10
     assert result["structuredContent"] | {"output": ""} == {
-        "exit_code": 124, "timed_out": True, "truncated": False, "output": "",
+        "exit_code": 124, "timed_out": True, "truncated": False, "output": "", "files": [],
     }  # fmt: skip
     assert "Timeout" in text_of(result)
 

@@ -94,7 +94,7 @@ async def test_run_code_locally(tmp_path: Path) -> None:
         failed = await session.call_tool("run_code", {"code": "import sys; sys.exit(2)"})
     assert text(result) == "hello\n"
     structured = result.structuredContent if MAJOR == 1 else result.structured_content
-    assert structured == {"exit_code": 0, "timed_out": False, "truncated": False, "output": "hello\n"}
+    assert structured == {"exit_code": 0, "timed_out": False, "truncated": False, "output": "hello\n", "files": []}
     assert (failed.isError if MAJOR == 1 else failed.is_error) is True
 
 
