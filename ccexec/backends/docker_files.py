@@ -11,6 +11,7 @@ run in the container (through the supervisor, or one ``docker exec`` in exec mod
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import posixpath
@@ -18,7 +19,7 @@ import subprocess
 import tarfile
 import threading
 import time
-from typing import IO, Callable, Collection
+from typing import IO, Callable, Collection, cast
 
 from .._capture import OutputCapture
 from .._files import (
@@ -80,46 +81,88 @@ def checked_output(exit_code: int | None, capture: OutputCapture, container: str
 
 
 class TarSink:
-    """Takes a walk's entries (as ``Writer`` does) and writes them as a tar stream, names prefixed."""
+    """Takes a walk's entries (as ``Writer`` does) and writes them as a tar stream to ``fd``, names prefixed.
 
-    def __init__(self, stream: IO[bytes], prefix: str) -> None:
-        self._tar = tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_BUFFER)  # noqa: SIM115 - closed by close()
-        # tarfile copies file data 16 KiB at a time by default; typeshed does not know the knob (3.8+).
-        setattr(self._tar, "copybufsize", _BUFFER)  # noqa: B010
+    Headers come from ``tarfile`` (PAX); file data goes from the host file to the pipe with
+    ``sendfile``, never through Python buffers (tarfile's stream writer copies each chunk
+    several times, which made a 100 MB copy_to 1.4x ``docker cp``).
+    """
+
+    def __init__(self, fd: int, prefix: str) -> None:
+        self._fd = fd
         self._prefix = prefix
         self.written: list[str] = []
         for index in range(prefix.count("/")):  # the folders leading to the copy, so the engine makes them
             folder = "/".join(prefix.split("/")[: index + 1])
-            self._tar.addfile(self._add(tarfile.DIRTYPE, folder, 0o755, time.time_ns()))
+            self._header(self._info(tarfile.DIRTYPE, folder, 0o755, time.time_ns()))
 
-    def _add(self, kind: bytes, name: str, mode: int, mtime_ns: int, size: int = 0, **extra: str) -> tarfile.TarInfo:
+    @staticmethod
+    def _info(  # noqa: PLR0917 - a tar header's fields, in their order
+        kind: bytes, name: str, mode: int, mtime_ns: int, size: int = 0, linkname: str = ""
+    ) -> tarfile.TarInfo:
         info = tarfile.TarInfo(name)
         info.type, info.mode, info.mtime, info.size = kind, mode & 0o777, mtime_ns // 1_000_000_000, size
-        for key, value in extra.items():
-            setattr(info, key, value)
+        info.linkname = linkname
         return info
+
+    def _header(self, info: tarfile.TarInfo) -> None:
+        _write_all(self._fd, info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
 
     def _name(self, name: str) -> str:
         return posixpath.join(self._prefix, name) if name else self._prefix
 
     def directory(self, name: str, mode: int, mtime_ns: int) -> None:
-        self._tar.addfile(self._add(tarfile.DIRTYPE, self._name(name), mode, mtime_ns))
+        self._header(self._info(tarfile.DIRTYPE, self._name(name), mode, mtime_ns))
         self.written.append(name)
 
     def file(self, name: str, mode: int, mtime_ns: int, size: int, source: Source) -> None:
-        reader = open(source, "rb", buffering=0, closefd=False) if isinstance(source, int) else source  # noqa: SIM115
-        self._tar.addfile(self._add(tarfile.REGTYPE, self._name(name), mode, mtime_ns, size), reader)
+        self._header(self._info(tarfile.REGTYPE, self._name(name), mode, mtime_ns, size))
+        sent = _send(source, self._fd, size)
+        if sent < size:  # the file shrank while being copied: keep the archive well formed
+            _write_all(self._fd, bytes(size - sent))
+        _write_all(self._fd, bytes(-size % tarfile.BLOCKSIZE))
         self.written.append(name)
 
     def symlink(self, name: str, target: str) -> None:
-        self._tar.addfile(self._add(tarfile.SYMTYPE, self._name(name), 0o777, time.time_ns(), linkname=target))
+        self._header(self._info(tarfile.SYMTYPE, self._name(name), 0o777, time.time_ns(), linkname=target))
         self.written.append(name)
 
     def refuse(self, name: str, what: str) -> None:
         raise UnsafeFileError(path=self._name(name), reason=f"{what} is not copied")
 
     def close(self) -> None:
-        self._tar.close()
+        _write_all(self._fd, bytes(2 * tarfile.BLOCKSIZE))  # the end-of-archive marker
+
+
+def _widen_pipe(fd: int) -> None:
+    """Give a pipe 1 MiB of buffer (Linux's default is 64 KiB: 16 times more switches to the client)."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _BUFFER)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _send(source: Source, fd: int, size: int) -> int:
+    """Copy up to ``size`` bytes of ``source`` to ``fd`` (sendfile for a file descriptor); return how many."""
+    done = 0
+    if isinstance(source, int):
+        while done < size:
+            sent = os.sendfile(fd, source, done, min(size - done, 1 << 30))
+            if sent == 0:
+                break
+            done += sent
+        return done
+    while done < size:
+        chunk = source.read(min(size - done, _BUFFER))
+        if not chunk:
+            break
+        _write_all(fd, chunk)
+        done += len(chunk)
+    return done
 
 
 class DockerFiles:
@@ -142,7 +185,8 @@ class DockerFiles:
         assert proc.stdin is not None
         head, name = os.path.split(source)
         source_dir = os.open(head, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        sink = TarSink(proc.stdin, prefix)
+        _widen_pipe(proc.stdin.fileno())
+        sink = TarSink(proc.stdin.fileno(), prefix)
         try:
             walk(source_dir, name, sink, follow_top=True)
             sink.close()
@@ -171,6 +215,7 @@ class DockerFiles:
             stderr = _drain(proc)
             out = proc.stdout
             assert out is not None
+            _widen_pipe(out.fileno())
             writer = Writer(parent, top, shown=relative, links_inside=True, replace=overwrite, max_bytes=max_bytes)
             base = "" if relative == "." else posixpath.basename(relative)
             try:
@@ -233,8 +278,9 @@ def _extract(stream: IO[bytes], base: str, writer: Writer) -> None:
         for member in tar:
             name = _entry_name(member.name, base)
             if member.isreg():
-                data = tar.extractfile(member)
-                assert data is not None
+                # Straight from the archive's stream (stream mode: the member's data is next in it);
+                # extractfile() would add two buffered layers, each copying every chunk again.
+                data = cast("IO[bytes]", tar.fileobj)
                 writer.file(name, member.mode, int(member.mtime) * 1_000_000_000, member.size, data)
             elif member.isdir():
                 writer.directory(name, member.mode, int(member.mtime) * 1_000_000_000)
