@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 #: Default cap on the output kept per block, in bytes (head and tail are kept).
 DEFAULT_MAX_OUTPUT_BYTES = 1 << 20
+#: Blocks a fork server forks before it is replaced, when ``fork_server_max_blocks`` is None.
+FORK_SERVER_UNLIMITED = (1 << 31) - 1
 
 
 class BaseCommandLineExecutor:
@@ -63,6 +65,7 @@ class BaseCommandLineExecutor:
         self._lock, self._calls = threading.RLock(), RunningCalls()
         self._delete_generated = delete_generated
         self._backend: Backend | None = None
+        self._fork_server = 0  # the requests' fork_server field (see fork_server_setting)
 
     # -- properties (AutoGen names) --------------------------------------------------------
 
@@ -256,8 +259,9 @@ class BaseCommandLineExecutor:
 
         env, clear_env = self._block_env()
         planned, refusal = plan(
-            blocks, self._languages, backend.code_dir(), timeout, env, clear_env, self._delete_generated
-        )
+            blocks, self._languages, backend.code_dir(), timeout, env, clear_env, self._delete_generated,
+            self._fork_server,
+        )  # fmt: skip
         captures = [OutputCapture(self._max_output_bytes, on_output) for _ in planned]
         results: list[BlockResult] = []
         with contextlib.closing(backend.run([p.request for p in planned], captures, cancel)) as ends:
@@ -352,6 +356,20 @@ async def _in_thread(func: Any) -> None:
     import asyncio
 
     await asyncio.get_running_loop().run_in_executor(None, func)
+
+
+def fork_server_setting(fork_server: bool, max_blocks: int | None) -> int:
+    """The requests' ``fork_server`` field: 0 (spawn), else blocks per server; raises InvalidArgumentError."""
+    if not isinstance(fork_server, bool):
+        raise InvalidArgumentError(f"fork_server must be True or False, got {fork_server!r}")
+    if max_blocks is not None and (not isinstance(max_blocks, int) or isinstance(max_blocks, bool) or max_blocks < 1):
+        raise InvalidArgumentError(
+            f"fork_server_max_blocks must be a positive int or None, got {max_blocks!r} "
+            "(the blocks one server forks before it is replaced by a new one)"
+        )
+    if not fork_server:
+        return 0
+    return FORK_SERVER_UNLIMITED if max_blocks is None else min(max_blocks, FORK_SERVER_UNLIMITED)
 
 
 def _check_arguments(
