@@ -127,7 +127,13 @@ def _child(path, fresh, tools):
         error = get_errno()  # as `python FILE` says it
         sys.stderr.write("%s: can't open file %r: [Errno %d] %s\n" % (sys.executable, path, error, os.strerror(error)))
         raise SystemExit(2)
-    if run_file(handle, name, 1, None) != 0 and getattr(sys, "last_type", None) is not KeyboardInterrupt:
+    # Called from a frame that looks to `warnings` as "no frame" does (module "sys", file "sys",
+    # line 1): a warning with a stacklevel one past the module is attributed and filtered as usual.
+    scope = {"__name__": "sys", "__builtins__": fresh["__builtins__"]}
+    exec(compile("def run(f, *a): return f(*a)", "sys", "exec"), scope)
+    run = scope["run"]
+    run.__code__ = run.__code__.replace(co_name="<module>")
+    if run(run_file, handle, name, 1, None) != 0 and getattr(sys, "last_type", None) is not KeyboardInterrupt:
         raise SystemExit(1)
     # Returning ends the interpreter as `python FILE` ends: 0, or death by SIGINT after an
     # unhandled KeyboardInterrupt (the interpreter's own flag, set by the run above).

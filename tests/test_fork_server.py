@@ -172,6 +172,7 @@ import ctypes, subprocess, sys
 print(ctypes.sizeof(ctypes.c_int), subprocess.run([sys.executable, "-c", "print('child')"], capture_output=True).stdout)
 """,
     "input-eof": "print('asking')\ninput('? ')",
+    "warnings-past-the-module": "import warnings\nwarnings.warn('caller', stacklevel=2)\nprint('done')",
     "warnings": "import warnings\nwarnings.warn('top level')\nwarnings.warn('deprecated', DeprecationWarning)",
     "unittest": """
 import unittest
@@ -248,13 +249,13 @@ def test_gc_and_caller_frame_differ(pair: Pair) -> None:
     assert outcome(forked, code) == (0, "True False\n")
 
 
-def test_recursion_limit_reached_four_calls_sooner(pair: Pair) -> None:
+def test_recursion_limit_reached_five_calls_sooner(pair: Pair) -> None:
     """Difference: the fork server's frames under the block's (and its call of the file) count against the limit."""
     normal, forked = pair
     code = [CodeBlock("import sys\ndef f(n):\n    try:\n        return f(n + 1)\n    except RecursionError:\n"
                       "        return n\nprint(f(0))", "python")]  # fmt: skip
     depth, forked_depth = int(normal.execute_code_blocks(code).output), int(forked.execute_code_blocks(code).output)
-    assert depth - forked_depth == 4
+    assert depth - forked_depth == 5
 
 
 def test_random_state_differs_between_blocks(pair: Pair) -> None:
