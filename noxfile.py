@@ -77,10 +77,11 @@ def attacks(session: nox.Session) -> None:
     """The attacker suite (tests/test_attacks.py), serially: its blocks race the pid counter and
     the clock, and share the machine with nothing else then."""
     session.install(*_group("test"))
-    session.run(
-        "pytest", "tests/test_attacks.py", *(session.posargs or ["-q"]),
-        env={"PYTHONWARNDEFAULTENCODING": "1", "PYTHONDEVMODE": "1"},
-    )  # fmt: skip
+    env = {"PYTHONWARNDEFAULTENCODING": "1", "PYTHONDEVMODE": "1"}
+    session.run("pytest", "tests/test_attacks.py", *(session.posargs or ["-q"]), env=env)
+    # Again with every python block forked from a fork server (exec mode has none).
+    env["CCEXEC_ATTACK_FORK_SERVER"] = "1"
+    session.run("pytest", "tests/test_attacks.py", "-k", "not exec", *(session.posargs or ["-q"]), env=env)
 
 
 @nox.session

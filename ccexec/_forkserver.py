@@ -251,6 +251,9 @@ class ForkServer:
         # type: () -> Optional[str]
         """The zygote's next reply line, or None when it is gone."""
         while b"\n" not in self.pending:
+            if not select.select([self.reply], [], [], 0.05)[0]:
+                self.wake()
+                continue
             try:
                 chunk = os.read(self.reply, 4096)
             except OSError:
@@ -260,6 +263,17 @@ class ForkServer:
             self.pending += chunk
         line, self.pending = self.pending.split(b"\n", 1)
         return line.decode("ascii", "replace")
+
+    def wake(self):
+        # type: () -> None
+        """Continue the zygote if a block stopped it (SIGSTOP to its parent): it has a status to send us."""
+        try:
+            with open("/proc/%d/stat" % self.pid, "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0]
+            if state in (b"T", b"t"):
+                os.kill(self.pid, signal.SIGCONT)
+        except (OSError, IndexError):
+            pass  # gone: its pipe says so
 
     def stop(self):
         # type: () -> None
