@@ -53,8 +53,14 @@ def run() -> list[Section]:
         medians = _one_block(local, scaled(60))
         for e in local.values():
             e.stop()
-        rows.append(["local", f"{medians['spawn'] * 1e3:.1f}", f"{medians['fork'] * 1e3:.1f}",
-                     ratio(medians["fork"], medians["spawn"])])  # fmt: skip
+        rows.append(
+            [
+                "local",
+                f"{medians['spawn'] * 1e3:.1f}",
+                f"{medians['fork'] * 1e3:.1f}",
+                ratio(medians["fork"], medians["spawn"]),
+            ]
+        )
         targets.append(
             Target("Local one python block: fork server / spawn", medians["fork"] / medians["spawn"], 0.3, "x")
         )
@@ -73,10 +79,22 @@ def run() -> list[Section]:
                 for e in docker.values():
                     e.start()
                 medians = _one_block(docker, scaled(40))
-                rows.append(["docker (runner)", f"{medians['spawn'] * 1e3:.1f}", f"{medians['fork'] * 1e3:.1f}",
-                             ratio(medians["fork"], medians["spawn"])])  # fmt: skip
-                targets.append(Target("Docker one python block: fork server / in-container spawn (runner)",
-                                      medians["fork"] / medians["spawn"], 0.3, "x"))  # fmt: skip
+                rows.append(
+                    [
+                        "docker (runner)",
+                        f"{medians['spawn'] * 1e3:.1f}",
+                        f"{medians['fork'] * 1e3:.1f}",
+                        ratio(medians["fork"], medians["spawn"]),
+                    ]
+                )
+                targets.append(
+                    Target(
+                        "Docker one python block: fork server / in-container spawn (runner)",
+                        medians["fork"] / medians["spawn"],
+                        0.3,
+                        "x",
+                    )
+                )
                 sections.append(_throughput(tmp, targets))
             finally:
                 for e in docker.values():
@@ -88,7 +106,7 @@ def run() -> list[Section]:
         [
             "Medians of interleaved rounds after 2 warm-up calls; the spawn column is ccexec's normal path "
             "(in Docker: the supervisor's in-container spawn, round trip from the host)."
-        ],  # fmt: skip
+        ],
         targets,
     )
     return [latency, *sections]
@@ -103,7 +121,7 @@ def _throughput(tmp: str, targets: list[Target]) -> Section:
         fork: [
             ccexec.DockerCommandLineCodeExecutor(
                 IMAGE, container_name("tp"), work_dir=os.path.join(tmp, f"t{fork}{i}"), fork_server=fork
-            )  # fmt: skip
+            )
             for i in range(count)
         ]
         for fork in (False, True)
@@ -129,8 +147,9 @@ def _throughput(tmp: str, targets: list[Target]) -> Section:
         rows.append([label, f"{spawn:.0f}", f"{fork:.0f}", f"{fork / spawn:.2f}x"])
     best = max(statistics.median(v) for (_, f), v in rates.items() if f)
     base = max(statistics.median(v) for (_, f), v in rates.items() if not f)
-    targets.append(Target("Docker saturation throughput: spawn / fork server (inverse of the gain)", base / best,
-                          0.25, "x"))  # fmt: skip
+    targets.append(
+        Target("Docker saturation throughput: spawn / fork server (inverse of the gain)", base / best, 0.25, "x")
+    )
     return Section(
         "Fork server: Docker throughput (`print(i)` blocks, blocks per second)",
         md_table(["configuration", "spawn", "fork server", "gain"], rows),
