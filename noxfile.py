@@ -77,10 +77,11 @@ def attacks(session: nox.Session) -> None:
     """The attacker suite (tests/test_attacks.py), serially: its blocks race the pid counter and
     the clock, and share the machine with nothing else then."""
     session.install(*_group("test"))
-    session.run(
-        "pytest", "tests/test_attacks.py", *(session.posargs or ["-q"]),
-        env={"PYTHONWARNDEFAULTENCODING": "1", "PYTHONDEVMODE": "1"},
-    )  # fmt: skip
+    env = {"PYTHONWARNDEFAULTENCODING": "1", "PYTHONDEVMODE": "1"}
+    session.run("pytest", "tests/test_attacks.py", *(session.posargs or ["-q"]), env=env)
+    # Again with every python block forked from a fork server (exec mode has none).
+    env["CCEXEC_ATTACK_FORK_SERVER"] = "1"
+    session.run("pytest", "tests/test_attacks.py", "-k", "not exec", *(session.posargs or ["-q"]), env=env)
 
 
 @nox.session
@@ -109,7 +110,17 @@ def package(session: nox.Session) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    shipped = ("_supervisor.py", "_protocol.py", "_tree.py", "_workdir.py", "backends/docker.py", "py.typed")
+    shipped = (
+        "_supervisor.py",
+        "_protocol.py",
+        "_tree.py",
+        "_workdir.py",
+        "_forkserver.py",
+        "_listing.py",
+        "backends/docker.py",
+        "backends/bwrap.py",
+        "py.typed",
+    )
     for required in (*(f"ccexec/{name}" for name in shipped), "ccexec/integrations/autogen.py"):
         if required not in names:
             session.error(f"the wheel does not ship {required}")

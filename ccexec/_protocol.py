@@ -170,9 +170,11 @@ class RunRequest(_Message):
     supervisor's interpreter). ``env`` is the block's whole environment when ``clear_env``,
     else overrides of the supervisor's. ``after``: run only if that block succeeded.
     ``cleanup``: delete the file once the block has ended, before its end is reported.
+    ``fork_server``: when > 0 and ``argv`` is ``["{python}", "{file}"]``, fork the block from
+    a started interpreter, which is replaced after that many blocks (0: spawn as usual).
     """
 
-    __slots__ = ("after", "argv", "cleanup", "clear_env", "code", "env", "ident", "path", "timeout")
+    __slots__ = ("after", "argv", "cleanup", "clear_env", "code", "env", "fork_server", "ident", "path", "timeout")
 
     KIND = b"R"
     SPEC = {
@@ -184,10 +186,12 @@ class RunRequest(_Message):
         "clear_env": (bool,),
         "after": (int, None),
         "cleanup": (bool,),
+        "fork_server": (int,),
     }
 
-    def __init__(self, ident, argv, timeout, env, clear_env=False, path=None, code="", after=None, cleanup=False):
-        # type: (int, List[str], float, Dict[str, str], bool, Optional[str], str, Optional[int], bool) -> None
+    def __init__(self, ident, argv, timeout, env, clear_env=False, path=None, code="", after=None, cleanup=False,
+                 fork_server=0):  # fmt: skip
+        # type: (int, List[str], float, Dict[str, str], bool, Optional[str], str, Optional[int], bool, int) -> None
         self.ident = ident
         self.argv = argv
         self.timeout = timeout
@@ -197,6 +201,7 @@ class RunRequest(_Message):
         self.code = code
         self.after = after
         self.cleanup = cleanup
+        self.fork_server = fork_server
 
     @classmethod
     def decode(cls, ident, payload):
@@ -206,9 +211,11 @@ class RunRequest(_Message):
             raise ProtocolError("run request argv must be a non-empty list of strings")
         if not all(type(k) is str and type(v) is str for k, v in data["env"].items()):
             raise ProtocolError("run request env must map strings to strings")
+        if data["fork_server"] < 0:
+            raise ProtocolError("run request fork_server must not be negative")
         return cls(
             ident, data["argv"], float(data["timeout"]), data["env"], data["clear_env"],
-            data["path"], data["code"], data["after"], data["cleanup"],
+            data["path"], data["code"], data["after"], data["cleanup"], data["fork_server"],
         )  # fmt: skip
 
 

@@ -40,6 +40,7 @@ else:
     except ImportError:  # pragma: no cover - CPython always has it
         import signal
 try:  # imported from ccexec on the host (tests, tools)
+    from ._forkserver import ForkServer
     from ._protocol import (
         DRAIN_LIMIT,
         TERM_GRACE,
@@ -95,6 +96,7 @@ class Blocks:
         self.strays = False
         self.chained = {}  # type: Dict[int, RunRequest]  # by the id of the block it waits for
         self.outcomes = {}  # type: Dict[int, bool]  # ended blocks nothing was chained to yet
+        self.notes = set()  # type: Set[str]  # shepherds' notes said already (each is said once)
         # As root in a container whose work dir is a mount from the host, blocks could leave
         # setuid-root files or device nodes there: strip them at the end of each call.
         self.scrubs = os.getpid() == 1 and os.geteuid() == 0 and os.stat(".").st_dev != os.stat("..").st_dev
@@ -125,8 +127,10 @@ class Blocks:
             argv = [file_path if part == "{file}" else part for part in argv]
         env = dict(request.env) if request.clear_env else dict(os.environ, **request.env)
         oom_before = oom_kills()
+        # Only the plain `python FILE` is forked: another command line is the user's to run.
+        fork = request.fork_server if request.argv == ["{python}", "{file}"] and request.path is not None else 0
         shepherd = self.take_shepherd()
-        while not shepherd.send(argv, env):  # a block killed it while it was idle
+        while not shepherd.send(argv, env, fork):  # a block killed it while it was idle
             self.drop(shepherd)
             shepherd = self.take_shepherd()
         block = self.blocks[request.ident] = Block(request, shepherd, oom_before)
@@ -136,7 +140,7 @@ class Blocks:
         # type: () -> Shepherd
         if self.idle:
             return self.idle.pop()
-        shepherd = Shepherd.fork()
+        shepherd = Shepherd.fork(ForkServer)
         self.shepherds[shepherd.pid] = shepherd
         return shepherd
 
@@ -177,6 +181,9 @@ class Blocks:
             self.sweep_orphans()
             if not (block.timed_out or block.cancelled):
                 note = "ccexec: the block killed its supervising process; everything it started was killed\n"
+        elif shepherd.note and shepherd.note not in self.notes:
+            note = shepherd.note
+            self.notes.add(note)
         self.drain(block, shepherd.out_read)
         end = block.end(status, note)
         if shepherd.alive:

@@ -12,6 +12,8 @@ MYPY = False
 if MYPY:  # for type comments only: importing typing would slow every start
     import signal
     from typing import Callable, Dict, List, Optional, Set, Tuple  # noqa: F401
+
+    from ._forkserver import ForkServer  # noqa: F401
 else:
     try:  # the C module: `signal` wraps it in enums, and importing enum costs ~4 ms a start
         import _signal as signal
@@ -143,14 +145,15 @@ def which(program, env):
     raise FileNotFoundError(2, "No such file or directory")
 
 
-def shepherd(command_read, out_write, status_write):
-    # type: (int, int, int) -> None
+def shepherd(command_read, out_write, status_write, fork_server=None):
+    # type: (int, int, int, Optional[Callable[[int], ForkServer]]) -> None
     """In a forked child: become a subreaper, then run blocks one after another until EOF.
 
-    Each block comes on ``command_read`` as ``LENGTH\n`` + JSON ``[argv, env]``; its wait
-    status goes back on ``status_write`` as ``STATUS\n`` once the block and everything it
-    started are dead, so the shepherd can take the next one. If something survived, the
-    shepherd exits after reporting (it is not reused).
+    Each block comes on ``command_read`` as ``LENGTH\n`` + JSON ``[argv, env, fork]``; its wait
+    status goes back on ``status_write`` as ``STATUS\n`` (then a note, if any) once the block
+    and everything it started are dead, so the shepherd can take the next one. If something
+    survived, the shepherd exits after reporting (it is not reused). ``fork`` > 0: a python
+    block, forked from ``fork_server``'s zygote (see ``_forkserver.py``).
     """
     signal.set_wakeup_fd(-1)
     for number in SIGNALS:
@@ -174,22 +177,17 @@ def shepherd(command_read, out_write, status_write):
     os.dup2(null, 0)
     os.dup2(null, 1)
     pending = b""
+    server = None  # type: Optional[ForkServer]
     while True:
-        while b"\n" not in pending:
-            chunk = os.read(command_read, 1 << 16)
-            if not chunk:
-                os._exit(0)  # the supervisor is done with us
-            pending += chunk
-        header, pending = pending.split(b"\n", 1)
-        while len(pending) < int(header):
-            chunk = os.read(command_read, 1 << 16)
-            if not chunk:
-                os._exit(0)
-            pending += chunk
-        command, pending = pending[: int(header)], pending[int(header) :]
-        argv, env = json.loads(command)
-        status, clean = run_leader(argv, env, out_write)
-        os.write(status_write, b"%d\n" % status)
+        command, pending = read_command(command_read, pending)
+        argv, env, fork = json.loads(command)
+        note = ""
+        if fork and fork_server is not None:
+            server = server or fork_server(out_write)
+            status, clean, note = server.run(argv, env, fork)
+        else:  # a zygote of ours lives on: it is no leftover
+            status, clean = run_leader(argv, env, out_write, None if server is None else server.settle)
+        os.write(status_write, b"%d\n" % status + note.encode("utf-8", "replace")[:2048])
         if not clean:
             os._exit(0)
 
@@ -208,12 +206,29 @@ def limit_blocks():
                 resource.setrlimit(number, (min(soft, now), min(hard, now)))
 
 
-def run_leader(argv, env, out_write):
-    # type: (List[str], Dict[str, str], int) -> Tuple[int, bool]
+def read_command(fd, pending):
+    # type: (int, bytes) -> Tuple[bytes, bytes]
+    """The next ``LENGTH\n`` + payload on ``fd`` (after ``pending``), and what came after it; exit at EOF."""
+    while b"\n" not in pending:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            os._exit(0)  # the supervisor is done with us
+        pending += chunk
+    header, pending = pending.split(b"\n", 1)
+    while len(pending) < int(header):
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            os._exit(0)
+        pending += chunk
+    return pending[: int(header)], pending[int(header) :]
+
+
+def run_leader(argv, env, out_write, settle=None):
+    # type: (List[str], Dict[str, str], int, Optional[Callable[[], bool]]) -> Tuple[int, bool]
     """Spawn the block in a new session with default signal dispositions; wait for it, kill what it left.
 
     Returns its wait status (127 when it could not start: the reason is written to its
-    output) and whether nothing of it survived.
+    output) and whether nothing of it survived (``settle()`` says, when given).
     """
     try:
         leader = os.posix_spawn(
@@ -230,6 +245,8 @@ def run_leader(argv, env, out_write):
         os.write(out_write, message.encode("utf-8", "replace"))
         return 127 << 8, True
     _, status = os.waitpid(leader, 0)
+    if settle is not None:
+        return status, settle()
     if reap_all(0.0):
         return status, True  # nothing left: the common case costs no /proc scan
     # It left something behind: kill it all, then reap the zombies (some come to us only as
@@ -247,18 +264,19 @@ class Shepherd:
         self.out_read = out_read
         self.status_read = status_read
         self.alive = True
+        self.note = ""  # what it added to its last status
 
     @classmethod
-    def fork(cls):
-        # type: () -> Shepherd
-        """Fork a shepherd that waits for blocks."""
+    def fork(cls, fork_server=None):
+        # type: (Optional[Callable[[int], ForkServer]]) -> Shepherd
+        """Fork a shepherd that waits for blocks (forks python blocks from ``fork_server``'s zygotes when asked)."""
         command_read, command_write = os.pipe()
         out_read, out_write = os.pipe()
         status_read, status_write = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child never returns
             try:
-                shepherd(command_read, out_write, status_write)
+                shepherd(command_read, out_write, status_write, fork_server)
             finally:
                 os._exit(126)
         for fd in (command_read, out_write, status_write):
@@ -266,10 +284,10 @@ class Shepherd:
         os.set_blocking(out_read, False)  # read until EAGAIN once the status says all is dead
         return cls(pid, command_write, out_read, status_read)
 
-    def send(self, argv, env):
-        # type: (List[str], Dict[str, str]) -> bool
-        """Hand it a block; return False if it is gone."""
-        command = json.dumps([argv, env]).encode("utf-8", "surrogatepass")
+    def send(self, argv, env, fork=0):
+        # type: (List[str], Dict[str, str], int) -> bool
+        """Hand it a block (``fork``: see shepherd()); return False if it is gone."""
+        command = json.dumps([argv, env, fork]).encode("utf-8", "surrogatepass")
         data = b"%d\n" % len(command) + command
         try:
             view = memoryview(data)
@@ -281,12 +299,14 @@ class Shepherd:
 
     def read_status(self):
         # type: () -> Optional[int]
-        """The status line it wrote, or None if it died first (EOF or garbage)."""
+        """The status line it wrote, or None if it died first (EOF or garbage); keeps its note."""
         try:
-            data = os.read(self.status_read, 64)
+            data = os.read(self.status_read, 4096)  # one write of at most PIPE_BUF bytes
         except OSError:
             return None
-        return int(data) if data.endswith(b"\n") and data[:-1].isdigit() else None
+        line, newline, note = data.partition(b"\n")
+        self.note = str(note, "utf-8", "replace")
+        return int(line) if newline and line.isdigit() else None
 
     def discard(self):
         # type: () -> None

@@ -173,11 +173,12 @@ class PlannedBlock:
 
 def plan(  # noqa: PLR0917 - the call's blocks and the executor's settings
     blocks: Sequence[CodeBlock], languages: Mapping[str, Language], code_dir: str, timeout: float,
-    env: dict[str, str], clear_env: bool, delete_generated: bool,
+    env: dict[str, str], clear_env: bool, delete_generated: bool, fork_server: int = 0,
 ) -> tuple[list[PlannedBlock], tuple[str, str] | None]:  # fmt: skip
     """Name each block's file and build its request, up to the first block that cannot start.
 
     With ``delete_generated``, the supervisor deletes a generated file once its block ended.
+    ``fork_server``: the requests' field of that name (python blocks forked from a started interpreter).
 
     Returns the planned blocks and, when one cannot start, (its language, why) to report
     after the blocks before it succeeded: an unknown language, or a ``# filename:`` outside
@@ -199,7 +200,9 @@ def plan(  # noqa: PLR0917 - the call's blocks and the executor's settings
             return planned, (block.language, f"Filename is not in the workspace: {name!r}\n")
         argv = language.argv("{file}", "{python}")
         cleanup = delete_generated and name is None
-        request = RunRequest(0, argv, timeout, env, clear_env, relative, block.code, cleanup=cleanup)
+        request = RunRequest(
+            0, argv, timeout, env, clear_env, relative, block.code, cleanup=cleanup, fork_server=fork_server
+        )
         planned.append(PlannedBlock(block, relative, name is None, request))
     return planned, None
 

@@ -15,7 +15,7 @@ import os
 
 from .backends import WORKSPACE
 from .errors import InvalidArgumentError
-from .executor import DEFAULT_MAX_OUTPUT_BYTES, BaseCommandLineExecutor
+from .executor import DEFAULT_MAX_OUTPUT_BYTES, BaseCommandLineExecutor, fork_server_setting
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (import time matters)
 if TYPE_CHECKING:
@@ -62,8 +62,10 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
             sends code over the CLI only, True forces the bind mount.
         gpus, network, memory, cpus, pids_limit, read_only, user, cap_drop, security_opt:
             passed as the ``docker run`` flags of the same names; run_args: extra flags.
-        env: variables set in the container. languages, max_output_bytes, on_output: as
-            for the local executor.
+        env: variables set in the container. languages, max_output_bytes, on_output,
+            fork_server, fork_server_max_blocks: as for the local executor (the server is
+            the image's python in the container); ``mode="exec"`` has no supervisor in the
+            container to keep one, and refuses ``fork_server=True``.
     """
 
     def __init__(
@@ -101,6 +103,8 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         on_output: OutputCallback = None,
         setup_timeout: float | None = None,
+        fork_server: bool = False,
+        fork_server_max_blocks: int | None = None,
     ) -> None:
         super().__init__(
             timeout=timeout,
@@ -124,6 +128,12 @@ class DockerCommandLineCodeExecutor(BaseCommandLineExecutor):
         if mode not in MODES:
             raise InvalidArgumentError(f"mode must be one of {MODES}, got {mode!r}")
         self._mode = mode
+        self._fork_server = fork_server_setting(fork_server, fork_server_max_blocks)
+        if self._fork_server and mode == "exec":
+            raise InvalidArgumentError(
+                "fork_server=True needs mode='runner': mode='exec' starts each block with `docker exec`, "
+                "and has no process in the container to keep a started interpreter"
+            )
         from .backends.docker_cli import DockerCLI, run_options
 
         self._cli = DockerCLI(docker)

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 DEFAULT_MAX_OUTPUT_BYTES = 1 << 20
 #: Default cap on the file bytes one ``copy_from`` writes on the host (a block's huge file must not fill the disk).
 DEFAULT_MAX_COPY_BYTES = 1 << 30
+#: Blocks a fork server forks before it is replaced, when ``fork_server_max_blocks`` is None.
+FORK_SERVER_UNLIMITED = (1 << 31) - 1
 
 
 class BaseCommandLineExecutor:
@@ -67,6 +69,7 @@ class BaseCommandLineExecutor:
         self._backend: Backend | None = None
         #: Whether each call lists the files it changed (``result.files``); one walk of the work dir per call.
         self.list_files = True
+        self._fork_server = 0  # the requests' fork_server field (see fork_server_setting)
 
     # -- properties (AutoGen names) --------------------------------------------------------
 
@@ -260,8 +263,9 @@ class BaseCommandLineExecutor:
 
         env, clear_env = self._block_env()
         planned, refusal = plan(
-            blocks, self._languages, backend.code_dir(), timeout, env, clear_env, self._delete_generated
-        )
+            blocks, self._languages, backend.code_dir(), timeout, env, clear_env, self._delete_generated,
+            self._fork_server,
+        )  # fmt: skip
         captures = [OutputCapture(self._max_output_bytes, on_output) for _ in planned]
         results: list[BlockResult] = []
         listing = backend.files.watch() if self.list_files else None
@@ -418,6 +422,20 @@ async def _in_thread(func: Any) -> None:
     import asyncio
 
     await asyncio.get_running_loop().run_in_executor(None, func)
+
+
+def fork_server_setting(fork_server: bool, max_blocks: int | None) -> int:
+    """The requests' ``fork_server`` field: 0 (spawn), else blocks per server; raises InvalidArgumentError."""
+    if not isinstance(fork_server, bool):
+        raise InvalidArgumentError(f"fork_server must be True or False, got {fork_server!r}")
+    if max_blocks is not None and (not isinstance(max_blocks, int) or isinstance(max_blocks, bool) or max_blocks < 1):
+        raise InvalidArgumentError(
+            f"fork_server_max_blocks must be a positive int or None, got {max_blocks!r} "
+            "(the blocks one server forks before it is replaced by a new one)"
+        )
+    if not fork_server:
+        return 0
+    return FORK_SERVER_UNLIMITED if max_blocks is None else min(max_blocks, FORK_SERVER_UNLIMITED)
 
 
 def _check_arguments(
