@@ -94,11 +94,27 @@ def _zygote(fresh):
                 os._exit(0)
             pending += chunk
         path, pending = os.fsdecode(pending[: int(size)]), pending[int(size) :]
+        # The child waits until its pid is told: a block that kills us at once must not leave
+        # the shepherd without the pid of the block it then has to wait for.
+        gate, opened = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.close(opened)
+            os.read(gate, 1)  # EOF once the pid line is out
+            os.close(gate)
             return _child(path, fresh, tools)
+        os.close(gate)
         os.write(4, b"%d\n" % pid)
-        os.write(4, b"%d\n" % os.waitpid(pid, 0)[1])
+        os.close(opened)
+        # Its status is read without reaping it, told, and only then reaped: if the block kills
+        # us first, it is still there (a zombie at worst) for the shepherd, its new parent, to reap.
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        if info.si_code == os.CLD_EXITED:
+            status = (info.si_status & 0xFF) << 8
+        else:
+            status = info.si_status | (0x80 if info.si_code == os.CLD_DUMPED else 0)
+        os.write(4, b"%d\n" % status)
+        os.waitpid(pid, 0)
 
 
 def _child(path, fresh, tools):
@@ -243,7 +259,7 @@ class ForkServer:
         self.stop()
         try:
             return os.waitpid(leader, 0)[1], ""
-        except ChildProcessError:  # the zygote had reaped it, and died before it told us
+        except ChildProcessError:  # cannot happen: the zygote reaps a block only once it told us
             note = "ccexec: the fork server died with block process %d; its exit status is lost\n" % leader
             return signal.SIGKILL, note
 

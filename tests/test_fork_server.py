@@ -28,7 +28,13 @@ Executor = Union[ccexec.LocalCommandLineCodeExecutor, ccexec.DockerCommandLineCo
 Pair = tuple[ccexec.LocalCommandLineCodeExecutor, ccexec.LocalCommandLineCodeExecutor]
 
 
+#: The test session's own settings (nox sets them for the tests) kept out of the blocks, whose
+#: output is compared exactly: PYTHONDEVMODE would add ResourceWarnings for files left open.
+QUIET: dict[str, str | None] = {"PYTHONDEVMODE": None, "PYTHONWARNDEFAULTENCODING": None}
+
+
 def local(work: Path, **options: Any) -> ccexec.LocalCommandLineCodeExecutor:
+    options["env"] = {**QUIET, **options.get("env", {})}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return ccexec.LocalCommandLineCodeExecutor(work_dir=work, **options)
