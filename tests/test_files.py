@@ -222,6 +222,11 @@ def test_a_link_at_the_destination_is_replaced_not_followed(executor: Executor, 
     assert executor.copy_to(source, "trap") == ["trap"]
     assert target.read_text(encoding="utf-8") == "keep"
     assert run(executor, "cat trap").output == "new"
+    # Into a folder under its own name (without a mount: the client reads the host file itself).
+    run(executor, f"rm trap; ln -s {target} new")
+    assert executor.copy_to(source, "./") == ["new"]
+    assert target.read_text(encoding="utf-8") == "keep"
+    assert run(executor, "cat new").output == "new"
 
 
 def test_copy_from_does_not_overwrite_unless_asked(executor: Executor, tmp_path: Path) -> None:

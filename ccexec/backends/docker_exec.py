@@ -27,7 +27,7 @@ from .._client import Cancel
 from .._protocol import KILL_WAIT_LIMIT, TERM_GRACE, BlockEnd, RunRequest
 from ..errors import ContainerGoneError, DockerError
 from . import WORKSPACE
-from .docker_cli import CLI_DEADLINE, RUN_DEADLINE, ContainerSpec, DockerCLI
+from .docker_cli import CLI_DEADLINE, RUN_DEADLINE, ContainerSpec, DockerCLI, wait_exit
 from .docker_files import files_of
 
 if TYPE_CHECKING:
@@ -332,7 +332,7 @@ def _run_client(  # noqa: PLR0917 - one call site, every argument needed
         if timed_out or cancelled:
             proc.kill()
         try:
-            code = proc.wait(TERM_GRACE + KILL_WAIT_LIMIT)
+            code = wait_exit(proc, TERM_GRACE + KILL_WAIT_LIMIT)
         except subprocess.TimeoutExpired:
             proc.kill()
             code = proc.wait()

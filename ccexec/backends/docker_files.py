@@ -37,7 +37,7 @@ from .._files import (
 )
 from ..errors import DockerError, UnsafeFileError, WorkFileNotFoundError
 from . import WORKSPACE
-from .docker_cli import CLI_DEADLINE, ContainerSpec, DockerCLI
+from .docker_cli import CLI_DEADLINE, ContainerSpec, DockerCLI, wait_exit
 
 #: Runs ``argv`` (arguments of the image's Python) in the container; returns its stdout.
 RunPython = Callable[[list[str]], bytes]
@@ -83,14 +83,15 @@ def checked_output(exit_code: int | None, capture: OutputCapture, container: str
 class TarSink:
     """Takes a walk's entries (as ``Writer`` does) and writes them as a tar stream to ``fd``, names prefixed.
 
-    Headers come from ``tarfile`` (PAX); file data goes from the host file to the pipe with
-    ``sendfile``, never through Python buffers (tarfile's stream writer copies each chunk
-    several times, which made a 100 MB copy_to 1.4x ``docker cp``).
+    Headers come from ``tarfile`` (PAX). Small entries are gathered into writes of up to 1 MiB;
+    a big file's data goes from the host file to the pipe with ``sendfile``, never through
+    Python buffers (tarfile's stream writer copied each chunk several times).
     """
 
     def __init__(self, fd: int, prefix: str) -> None:
         self._fd = fd
         self._prefix = prefix
+        self._pending = bytearray()
         self.written: list[str] = []
         for index in range(prefix.count("/")):  # the folders leading to the copy, so the engine makes them
             folder = "/".join(prefix.split("/")[: index + 1])
@@ -105,8 +106,18 @@ class TarSink:
         info.linkname = linkname
         return info
 
+    def _emit(self, data: bytes) -> None:
+        self._pending += data
+        if len(self._pending) >= _BUFFER:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            _write_all(self._fd, bytes(self._pending))
+            self._pending.clear()
+
     def _header(self, info: tarfile.TarInfo) -> None:
-        _write_all(self._fd, info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        self._emit(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
 
     def _name(self, name: str) -> str:
         return posixpath.join(self._prefix, name) if name else self._prefix
@@ -117,10 +128,17 @@ class TarSink:
 
     def file(self, name: str, mode: int, mtime_ns: int, size: int, source: Source) -> None:
         self._header(self._info(tarfile.REGTYPE, self._name(name), mode, mtime_ns, size))
-        sent = _send(source, self._fd, size)
-        if sent < size:  # the file shrank while being copied: keep the archive well formed
-            _write_all(self._fd, bytes(size - sent))
-        _write_all(self._fd, bytes(-size % tarfile.BLOCKSIZE))
+        if size < _BUFFER:
+            data = _read_up_to(source, size)
+        else:
+            self._flush()
+            data = b""
+            sent = _send(source, self._fd, size)
+            if sent < size:
+                data = bytes(size - sent)
+        if len(data) < size:  # the file shrank while being copied: keep the archive well formed
+            data += bytes(size - len(data))
+        self._emit(data + bytes(-size % tarfile.BLOCKSIZE))
         self.written.append(name)
 
     def symlink(self, name: str, target: str) -> None:
@@ -131,7 +149,20 @@ class TarSink:
         raise UnsafeFileError(path=self._name(name), reason=f"{what} is not copied")
 
     def close(self) -> None:
-        _write_all(self._fd, bytes(2 * tarfile.BLOCKSIZE))  # the end-of-archive marker
+        self._emit(bytes(2 * tarfile.BLOCKSIZE))  # the end-of-archive marker
+        self._flush()
+
+
+def _read_up_to(source: Source, size: int) -> bytes:
+    """Up to ``size`` bytes of ``source`` (fewer if it ends first)."""
+    parts, left, offset = [], size, 0
+    while left > 0:
+        chunk = os.pread(source, left, offset) if isinstance(source, int) else source.read(left)
+        if not chunk:
+            break
+        parts.append(chunk)
+        left, offset = left - len(chunk), offset + len(chunk)
+    return b"".join(parts)
 
 
 def _widen_pipe(fd: int) -> None:
@@ -179,6 +210,8 @@ class DockerFiles:
         if not os.path.lexists(source):
             raise WorkFileNotFoundError(f"{source!r} does not exist on the host; nothing was copied", path=source)
         prefix = posixpath.normpath(posixpath.join(folder, top))
+        if top == os.path.basename(source) and self._copy_file(source, folder):
+            return [prefix]
         argv = [*self._cli.argv, *self._cli.copy_in_args(self._spec.name, WORKSPACE)]
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         stderr = _drain(proc)
@@ -201,6 +234,22 @@ class DockerFiles:
             _close_quietly(proc.stdin)
         self._finish(proc, stderr, argv, prefix)
         return sorted(posixpath.normpath(posixpath.join(prefix, entry)) for entry in sink.written)
+
+    def _copy_file(self, source: str, folder: str) -> bool:
+        """The fast way for one regular file into a folder that exists: the client reads the file itself.
+
+        (``docker cp -`` reading our tar from a pipe takes about 1.25x as long for 100 MB, the
+        same with ``cat archive |``.) False when it does not apply or the folder is missing:
+        the tar stream then makes the folders.
+        """
+        if os.path.islink(source) or not os.path.isfile(source):
+            return False
+        inside = WORKSPACE if folder == "." else f"{WORKSPACE}/{folder}"
+        deadline = CLI_DEADLINE + os.path.getsize(source) / (10 << 20)  # at least 10 MB/s
+        done = self._cli.run(
+            *self._cli.copy_file_in_args(self._spec.name, source, inside), deadline=deadline, check=False
+        )
+        return done.returncode == 0
 
     def copy_from(
         self, path: str | os.PathLike[str], host_dest: str | os.PathLike[str], *, overwrite: bool, max_bytes: int
@@ -236,7 +285,7 @@ class DockerFiles:
     def _finish(self, proc: subprocess.Popen[bytes], stderr: Callable[[], bytes], argv: list[str], path: str) -> None:
         """Wait for the client; raise WorkFileNotFoundError or the mapped DockerError when it failed."""
         try:
-            code = proc.wait(CLI_DEADLINE)
+            code = wait_exit(proc, CLI_DEADLINE)
         except subprocess.TimeoutExpired:
             proc.kill()
             code = proc.wait()
