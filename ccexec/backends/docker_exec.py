@@ -56,10 +56,12 @@ SCRUB = (
 )
 # The wrapper's first output, before the block runs: seeing it proves the exec started. A docker
 # client that could not exec (the container just stopped, say) prints its own error instead,
-# with an exit code (1, 125, 126, 255) that a block may also use.
+# with an exit code (1, 125, 126, 255) that a block may also use. The wrapper then sends its
+# stderr (so the block's) into its stdout: one stream in the container's own order, whose
+# first line is the marker (the client relays stdout and stderr apart, in no fixed order).
 STARTED = b"ccexec: exec started\n"
 WRAPPER = (
-    "printf 'ccexec: exec started\\n'; "
+    "printf 'ccexec: exec started\\n'; exec 2>&1; "
     'keep=$1; f=$2; c=$3; shift 3; if [ "$f" != - ]; then d=${f%/*}; { [ "$d" = "$f" ] || mkdir -p "$d"; } && '
     'cat > "$f" || { echo "ccexec: cannot write $f" >&2; exit 1; }; fi; "$@" < /dev/null; rc=$?; '
     + SWEEP
