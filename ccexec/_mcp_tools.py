@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import codecs
 import os
+import posixpath
 import stat
 import tempfile
 import threading
@@ -172,6 +173,8 @@ class Tools:
                 return self._run_code(arguments, cancel, progress, structured)
             if name == "read_file":  # also without a mounted work dir, through copy_from
                 return self._read_file(self._relative(_text(arguments, "path")))
+            if name == "write_file" and self._files is None:  # nothing mounted: through copy_to
+                return self._copy_in(self._relative(_text(arguments, "path")), _text(arguments, "content"))
             root = self._open_root()
             try:
                 if name == "write_file":
@@ -227,6 +230,19 @@ class Tools:
                 found.append(content)
         return found
 
+    def _copy_in(self, relative: str, content: str) -> JSON:
+        """write_file where the work dir is not mounted: the text goes in with copy_to."""
+        data = content.encode("utf-8", "surrogateescape")
+        with tempfile.TemporaryDirectory(prefix="ccexec-mcp-") as folder:
+            source = os.path.join(folder, posixpath.basename(relative))
+            with open(source, "wb") as handle:
+                handle.write(data)
+            try:
+                self._executor.copy_to(source, relative)
+            except (CcexecError, OSError) as exc:
+                raise Refusal(f"cannot write {relative!r}: {exc}") from None
+        return _text_result(f"wrote {len(data)} bytes to {relative}")
+
     def _read_file(self, relative: str) -> JSON:
         """A work-dir file as content: from the host's side, or (nothing mounted) through copy_from."""
         if self._files is not None:
@@ -247,8 +263,8 @@ class Tools:
     def _open_root(self) -> int:
         if self._files is None:
             raise Refusal(
-                "the work dir is not reachable from the server (the engine is remote, so nothing is mounted); "
-                f"use run_code to read or write files in {self._code_dir}"
+                "the work dir is not mounted here (the engine is remote), so the server cannot list it; "
+                f"use run_code (e.g. `ls -la`) to list {self._code_dir}; read_file and write_file work"
             )
         self._executor.start()  # creates the work dir when it does not exist yet
         return os.open(self._files, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

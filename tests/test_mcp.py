@@ -376,7 +376,8 @@ def test_docker_run_code_files_and_container_removed_at_eof(docker_engine: str, 
 
 
 def test_docker_without_a_mount_returns_images_and_reads_files(docker_engine: str, tmp_path: Path) -> None:
-    """Nothing mounted (as with a remote engine): run_code's images and read_file come through copy_from."""
+    """Nothing mounted (as with a remote engine): run_code's images and read_file come through copy_from,
+    write_file through copy_to."""
     from ccexec import DockerCommandLineCodeExecutor
     from ccexec._client import Cancel
     from ccexec._mcp_tools import Tools
@@ -392,6 +393,13 @@ def test_docker_without_a_mount_returns_images_and_reads_files(docker_engine: st
         assert not (tmp_path / "plot.png").exists()  # it lives in the container only
         read = tools.call("read_file", {"path": "plot.png"}, Cancel(), None, structured=True)
         assert read["content"][0]["mimeType"] == "image/png"
+        wrote = tools.call("write_file", {"path": "in/notes.txt", "content": "héllo"}, Cancel(), None, structured=True)
+        assert wrote["content"][0]["text"] == "wrote 6 bytes to in/notes.txt"
+        code = "print(open('in/notes.txt', encoding='utf-8').read())"
+        assert (
+            tools.call("run_code", {"code": code}, Cancel(), None, structured=True)["content"][0]["text"] == "héllo\n"
+        )
+        assert not (tmp_path / "in").exists()
 
 
 # -- fuzz --------------------------------------------------------------------------------------
