@@ -14,6 +14,7 @@ import itertools
 import os
 import threading
 import time
+import warnings
 from typing import Callable, Generator, Iterator, Sequence, TypeVar
 
 from ._capture import OutputCapture
@@ -116,6 +117,27 @@ class _Pending:
         self.abandoned = False  # the caller stopped waiting (an earlier block failed): drop its frames
 
 
+#: What a supervisor without each guard leaves open (guards it reports in its hello).
+GUARDS = {
+    "nondumpable": "a block of the same user could open its pipes (read other calls' code, forge results)",
+    "subreaper": "processes a block leaves behind could escape being killed",
+}
+_warned: set[tuple[str, str]] = set()
+
+
+def warn_unguarded(hello: Hello, where: str) -> None:
+    """A RuntimeWarning, once per place and interpreter, for each guard the supervisor could not set."""
+    for guard, risk in GUARDS.items():
+        if guard not in hello.guards and (where, guard) not in _warned:
+            _warned.add((where, guard))
+            warnings.warn(
+                f"the ccexec supervisor in {where} ({hello.python}) could not make itself {guard}: {risk}. "
+                "Its Python lacks ctypes or prctl; use an interpreter or image whose Python has ctypes",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+
 class SupervisorClient:
     """Speak the protocol over a supervisor's stdin (``write_fd``) and stdout (``read_fd``).
 
@@ -151,9 +173,15 @@ class SupervisorClient:
         return self.hello is not None and self.error is None
 
     def wait_ready(self, timeout: float) -> Hello | None:
-        """Wait for the supervisor's hello; return it, or None if it did not come within ``timeout``."""
+        """Wait for the supervisor's hello; return it, or None if it did not come within ``timeout``.
+
+        Warns (once per place) when the supervisor could not set its guards.
+        """
         self._ready.wait(timeout)
-        return self.hello if self.error is None else None
+        hello = self.hello if self.error is None else None
+        if hello is not None:
+            warn_unguarded(hello, self.name)
+        return hello
 
     def _read(self) -> None:
         try:

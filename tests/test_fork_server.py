@@ -286,7 +286,7 @@ def test_timeout_kills_the_forked_tree(tmp_path: Path) -> None:
         result = forked.execute_code_blocks([CodeBlock(code, "python")])
         assert (result.exit_code, result.timed_out) == (124, True)
         assert result.output.startswith("started\n")
-        pids = [int(pid) for pid in (tmp_path / "pids").read_text().split()]
+        pids = [int(pid) for pid in (tmp_path / "pids").read_text(encoding="ascii").split()]
         assert wait_gone(pids) == []
         assert forked.execute_code_blocks([CodeBlock("print('next')", "python")]).output == "next\n"
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import os
 import pickle
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -440,3 +442,24 @@ def test_exec_start_gate_tells_the_wrapper_from_the_docker_client() -> None:
     gate.feed(b"Error response from daemon: Container abc is not running\n")
     assert (gate.started, capture.text()) == (False, "")
     assert gate.rejected.startswith(b"Error response from daemon")
+
+
+def test_a_supervisor_without_its_guards_is_warned_about_once() -> None:
+    """A supervisor whose hello lacks a guard (no ctypes in its Python) gives one RuntimeWarning per
+    place and guard, naming what is left open; a guarded one gives none."""
+    from ccexec._client import warn_unguarded
+    from ccexec._protocol import Hello
+
+    where = f"container unit-{os.urandom(3).hex()}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_unguarded(Hello(1, "/usr/bin/python3", ["nondumpable", "subreaper"]), where)
+        assert caught == []
+        warn_unguarded(Hello(1, "/usr/bin/python3", ["subreaper"]), where)
+        warn_unguarded(Hello(1, "/usr/bin/python3", []), where)
+    messages = [str(warning.message) for warning in caught]
+    assert len(messages) == 2
+    assert "could not make itself nondumpable" in messages[0]
+    assert "forge results" in messages[0]
+    assert "could not make itself subreaper" in messages[1]
+    assert all(warning.category is RuntimeWarning for warning in caught)
