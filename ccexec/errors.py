@@ -84,52 +84,45 @@ class ProtocolViolationError(SupervisorGoneError):
         )
 
 
-class WorkPathError(CcexecError, ValueError):
+class _AboutPath:
+    """Mixed into the copy errors before CcexecError: a ``path`` field, and ``DEFAULT`` as the
+    message when none is given."""
+
+    DEFAULT = ""
+    message: str
+
+    def __init__(self, message: str = "", *, path: str = "") -> None:
+        super().__init__(message)  # type: ignore[call-arg]  # CcexecError's, next in the MRO
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.message or self.DEFAULT.format(path=self.path)
+
+
+class WorkPathError(_AboutPath, CcexecError, ValueError):
     """A path given to ``copy_to`` or ``copy_from`` leaves the work dir; nothing was copied."""
 
-    def __init__(self, message: str = "", *, path: str = "") -> None:
-        super().__init__(message)
-        self.path = path
-
-    def __str__(self) -> str:
-        if self.message:
-            return self.message
-        return f"{self.path!r} leaves the work dir; pass a path relative to the work dir, without '..'"
+    DEFAULT = "{path!r} leaves the work dir; pass a path relative to the work dir, without '..'"
 
 
-class WorkFileNotFoundError(CcexecError, FileNotFoundError):
+class WorkFileNotFoundError(_AboutPath, CcexecError, FileNotFoundError):
     """What ``copy_to`` or ``copy_from`` should copy does not exist; ``path`` names it."""
 
-    def __init__(self, message: str = "", *, path: str = "") -> None:
-        super().__init__(message)
-        self.path = path
-
-    def __str__(self) -> str:
-        if self.message:
-            return self.message
-        return f"{self.path!r} does not exist; check the name (list the work dir with a block, or see result.files)"
+    DEFAULT = "{path!r} does not exist; check the name (list the work dir with a block, or see result.files)"
 
 
-class HostPathExistsError(CcexecError, FileExistsError):
+class HostPathExistsError(_AboutPath, CcexecError, FileExistsError):
     """``copy_from`` would overwrite ``path`` on the host; nothing was copied."""
 
-    def __init__(self, message: str = "", *, path: str = "") -> None:
-        super().__init__(message)
-        self.path = path
-
-    def __str__(self) -> str:
-        if self.message:
-            return self.message
-        return f"{self.path!r} exists on the host; pass overwrite=True to replace it, or choose another host_dest"
+    DEFAULT = "{path!r} exists on the host; pass overwrite=True to replace it, or choose another host_dest"
 
 
-class UnsafeFileError(CcexecError, ValueError):
+class UnsafeFileError(_AboutPath, CcexecError, ValueError):
     """A copy met an entry it refuses to create (a symlink or hard link leading out of the copy, a
     device, a fifo, a malformed archive member); what was written before was removed."""
 
     def __init__(self, message: str = "", *, path: str = "", reason: str = "") -> None:
-        super().__init__(message)
-        self.path = path
+        super().__init__(message, path=path)
         self.reason = reason
 
     def __str__(self) -> str:
@@ -141,12 +134,11 @@ class UnsafeFileError(CcexecError, ValueError):
         )
 
 
-class CopyTooLargeError(CcexecError, OSError):
+class CopyTooLargeError(_AboutPath, CcexecError, OSError):
     """A copy out of the work dir went past ``max_bytes``; what was written was removed."""
 
     def __init__(self, message: str = "", *, path: str = "", max_bytes: int = 0) -> None:
-        super().__init__(message)
-        self.path = path
+        super().__init__(message, path=path)
         self.max_bytes = max_bytes
 
     def __str__(self) -> str:

@@ -327,7 +327,7 @@ class BaseCommandLineExecutor:
         """``copy_to`` in a worker thread, not blocking the event loop."""
         import asyncio
 
-        return await asyncio.get_running_loop().run_in_executor(None, self.copy_to, host_path, dest)
+        return await asyncio.to_thread(self.copy_to, host_path, dest)
 
     async def acopy_from(
         self,
@@ -339,10 +339,8 @@ class BaseCommandLineExecutor:
     ) -> list[str]:
         """``copy_from`` in a worker thread, not blocking the event loop."""
         import asyncio
-        import functools
 
-        call = functools.partial(self.copy_from, path, host_dest, overwrite=overwrite, max_bytes=max_bytes)
-        return await asyncio.get_running_loop().run_in_executor(None, call)
+        return await asyncio.to_thread(self.copy_from, path, host_dest, overwrite=overwrite, max_bytes=max_bytes)
 
     def _block_env(self) -> tuple[dict[str, str], bool]:
         """The blocks' environment: (variables, whether they replace the supervisor's)."""

@@ -29,14 +29,11 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from .._protocol import END_GRACE
 from ..errors import InvalidArgumentError, SandboxUnavailableError, SupervisorGoneError
-
-if TYPE_CHECKING:
-    from .._files import HostFiles
-from .host import START_DEADLINE, Attached, SupervisedBackend, supervisor_source
+from .host import START_DEADLINE, Attached, HostBackend, supervisor_source
 
 #: The sandbox backends ``sandbox=`` may name (True means the first).
 KINDS = ("bwrap",)
@@ -225,19 +222,21 @@ def sandbox_env(python: str, overrides: Mapping[str, str | None]) -> dict[str, s
     return env
 
 
-class BwrapBackend(SupervisedBackend):
-    """Blocks run under a supervisor that is the PID 1 of a bubblewrap sandbox."""
+class BwrapBackend(HostBackend):
+    """Blocks run under a supervisor that is the PID 1 of a bubblewrap sandbox.
 
-    negative_signals = True
+    A host backend still: the work dir is the host's, at the same path inside.
+    """
+
     _where = "the sandbox"
 
     def __init__(
         self, work_dir: str, python: str, *, read_only: Sequence[str] = (), network: bool = False,
         limits: Mapping[str, int | None] | None = None, bwrap: str = "bwrap",
     ) -> None:  # fmt: skip
-        super().__init__()
-        self._work_dir = os.path.abspath(work_dir)
-        self._python = python
+        super().__init__(os.path.abspath(work_dir), python)
+        if self.as_root:  # blocks run as nobody: what is copied in is theirs
+            self._copy_owner = (NOBODY, NOBODY)
         self._read_only = [os.path.abspath(path) for path in read_only]
         self._network = network
         self._limits = check_limits(limits)
@@ -373,26 +372,8 @@ class BwrapBackend(SupervisedBackend):
             args.append(f"--rlimit={getattr(resource, constant)}:{value}:{hard}")
         return args
 
-    def _stopped(self) -> SupervisorGoneError:
-        return SupervisorGoneError(where=self._where, reason="it was stopped")
-
-    @property
-    def files(self) -> HostFiles:
-        """The work dir is the host's (same path inside): copies go directly, made nobody's as root."""
-        from .._files import HostFiles
-
-        return HostFiles(self._work_dir, self._work_dir, (NOBODY, NOBODY) if self.as_root else None)
-
-    def code_file(self, relative: str) -> str:
-        return os.path.join(self._work_dir, relative)
-
-    def code_dir(self) -> str:
-        return self._work_dir
-
     def _release(self) -> None:
-        attached, self._attached = self._attached, None
-        if attached is not None:
-            attached.close(END_GRACE)
+        super()._release()
         if self._etc is not None:
             self._etc.cleanup()
             self._etc = None

@@ -176,11 +176,14 @@ class HostBackend(SupervisedBackend):
     def _stopped(self) -> SupervisorGoneError:
         return SupervisorGoneError(where=self._where, reason="it was stopped")
 
+    #: Who copied-in files belong to (None: whoever copies them).
+    _copy_owner: tuple[int, int] | None = None
+
     @property
     def files(self) -> HostFiles:
         from .._files import HostFiles
 
-        return HostFiles(self._work_dir, self._work_dir)
+        return HostFiles(self._work_dir, self._work_dir, self._copy_owner)
 
     def code_file(self, relative: str) -> str:
         return os.path.join(self._work_dir, relative)
