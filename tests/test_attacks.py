@@ -1280,3 +1280,55 @@ def test_unprivileged_sigterm_to_ancestors(tester: Tester) -> None:
         assert "container=False done\n" in attack["output"], attack["output"]
     reported_truth(honest, deadline(TIMEOUT), 7, f"{token}\n")
     reported_truth(last, deadline(TIMEOUT), 0, f"{later}\n")
+
+
+# == 10. what this session's features opened ======================================================
+
+MARKER_FORGER = r"""
+import sys
+# The exec wrapper's own start line, then the docker client's words for a stopped container,
+# on both streams, then an exit code the client uses for its own failures.
+sys.stdout.write("ccexec: exec started\n")
+sys.stderr.write("Error response from daemon: Container abc is not running\n")
+sys.stdout.flush(); sys.stderr.flush()
+raise SystemExit(125)
+"""
+
+
+def test_exec_start_line_cannot_be_forged(engine: Engine, tmp_path: Path) -> None:
+    """Exec mode: a block that prints the wrapper's start line and the client's error text, and exits
+    as the client does when it cannot exec, gets exactly its own result; the container lives on."""
+    with container(engine, tmp_path, mode="exec") as executor:
+        forged = run(executor, MARKER_FORGER)
+        later = run(executor, "print('later')")
+    assert_exact(forged, 125, "ccexec: exec started\nError response from daemon: Container abc is not running\n")
+    assert_exact(later, 0, "later\n")
+
+
+FD_PROBE = r"""
+import os
+# Every descriptor this block holds: a fork server's, or the supervisor's, would be a way to
+# read other calls' requests or forge frames.
+mine = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+for fd in mine:
+    try:
+        print(fd, os.readlink("/proc/self/fd/%d" % fd).split(":")[0])
+    except OSError:
+        pass  # the listing's own descriptor, closed already
+"""
+
+
+def test_forked_block_holds_no_descriptor_of_the_server(tmp_path: Path) -> None:
+    """A block forked by the fork server holds the same descriptors as a block started anew:
+    stdin, the output pipe twice, nothing of the zygote's or the supervisor's."""
+    outputs = []
+    for fork in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            executor = ccexec.LocalCommandLineCodeExecutor(
+                timeout=TIMEOUT, work_dir=tmp_path / str(fork), fork_server=fork
+            )
+        with executor:
+            outputs.append(run(executor, FD_PROBE).truth().output)
+    assert outputs[0] == outputs[1]
+    assert [line.split()[0] for line in outputs[1].splitlines()] == ["0", "1", "2"], outputs[1]

@@ -229,6 +229,17 @@ def test_a_link_at_the_destination_is_replaced_not_followed(executor: Executor, 
     assert run(executor, "cat new").output == "new"
 
 
+def test_copy_to_over_a_link_never_writes_its_target(executor: Executor, tmp_path: Path) -> None:
+    """Attack: the code links the name a copy will take to a file of its own outside the work dir
+    (in the container, or on the host); copy_to replaces the link, the target keeps its bytes."""
+    run(executor, "printf keep > /tmp/precious-$$; ln -sf /tmp/precious-$$ data.bin; echo /tmp/precious-$$ > where")
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"attacker wanted this written over the target")
+    assert executor.copy_to(source, "./") == ["data.bin"]
+    check = run(executor, 'cat "$(cat where)"; echo; test -L data.bin && echo link || echo file')
+    assert check.output == "keep\nfile\n"
+
+
 def test_copy_from_does_not_overwrite_unless_asked(executor: Executor, tmp_path: Path) -> None:
     """An existing host file or directory is kept (HostPathExistsError) unless overwrite=True."""
     run(executor, "printf fresh > report.txt; mkdir -p plots; printf png > plots/a.png")

@@ -227,6 +227,20 @@ def test_run_code_returns_the_images_it_made_when_asked(server: RawServer) -> No
     assert plain["structuredContent"]["files"] == ["plot.png"]
 
 
+def test_run_code_images_never_follow_a_link_out(server: RawServer, tmp_path: Path) -> None:
+    """Attack: a block links `leak.png` to a PNG outside the work dir and asks for its images; the
+    listing names the link, no image content comes back, nothing outside is read."""
+    secret = tmp_path.parent / f"secret-{os.urandom(3).hex()}.png"
+    secret.write_bytes(b"\x89PNG\r\n\x1a\n" + b"outside" * 10)
+    try:
+        code = f"import os; os.symlink({str(secret)!r}, 'leak.png'); print('linked')"
+        result = server.tool("run_code", {"code": code, "images": True})
+        assert [part["type"] for part in result["content"]] == ["text"]
+        assert result["structuredContent"]["files"] == ["leak.png"]
+    finally:
+        secret.unlink()
+
+
 def test_binary_and_oversized_files_are_refused_clearly(server: RawServer, tmp_path: Path) -> None:
     """Other binaries, directories and missing files give an error result that says what to do."""
     (tmp_path / "blob.bin").write_bytes(b"\x00\x01\x02\xff")
