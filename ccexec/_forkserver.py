@@ -65,7 +65,15 @@ def _zygote(fresh):
         fopen.restype, fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
         run_file = ctypes.pythonapi.PyRun_SimpleFileExFlags
         run_file.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
-        tools = (prctl, fopen, run_file, ctypes.get_errno)
+        # The block's file is run from a frame that looks to `warnings` as "no frame" does
+        # (module "sys", file "sys", line 1): a warning with a stacklevel one past the module is
+        # attributed and filtered as usual. Compiled here once: a compile in each child costs it
+        # most of a millisecond (it writes to pages the child then has to copy).
+        scope = {"__name__": "sys", "__builtins__": fresh["__builtins__"]}
+        exec(compile("def run(f, *a): return f(*a)", "sys", "exec"), scope)
+        run = scope["run"]
+        run.__code__ = run.__code__.replace(co_name="<module>")
+        tools = [prctl, fopen, run_file, ctypes.get_errno, run]
         import gc
 
         # The start's objects out of the collector's reach: a block's collections and its exit
@@ -74,6 +82,9 @@ def _zygote(fresh):
     finally:  # a block's `import ctypes` must find what a fresh interpreter has: nothing
         for name in set(sys.modules) - known:
             del sys.modules[name]
+    # The start's modules, which a block's end leaves as they are but for what the block added.
+    tools.append(set(sys.modules))
+    tools.append([(vars(module), len(vars(module))) for module in sys.modules.values() if hasattr(module, "__dict__")])
     # PR_SET_DUMPABLE 0: a block, our child, cannot ptrace us nor open our fds. PR_SET_PDEATHSIG.
     if prctl(4, 0, 0, 0, 0) != 0 or prctl(1, 9, 0, 0, 0) != 0:
         raise SystemExit("ccexec fork server: prctl failed (errno %d)" % ctypes.get_errno())
@@ -118,7 +129,7 @@ def _zygote(fresh):
 
 
 def _child(path, fresh, tools):
-    prctl, fopen, run_file, get_errno = tools
+    prctl, fopen, run_file, get_errno, run, start, sizes = tools
     os.close(3)
     os.close(4)
     # The interpreter's own sys.stdout and sys.stderr, made at its start for fds 1 and 2 (a
@@ -143,16 +154,83 @@ def _child(path, fresh, tools):
         error = get_errno()  # as `python FILE` says it
         sys.stderr.write("%s: can't open file %r: [Errno %d] %s\n" % (sys.executable, path, error, os.strerror(error)))
         raise SystemExit(2)
-    # Called from a frame that looks to `warnings` as "no frame" does (module "sys", file "sys",
-    # line 1): a warning with a stacklevel one past the module is attributed and filtered as usual.
-    scope = {"__name__": "sys", "__builtins__": fresh["__builtins__"]}
-    exec(compile("def run(f, *a): return f(*a)", "sys", "exec"), scope)
-    run = scope["run"]
-    run.__code__ = run.__code__.replace(co_name="<module>")
-    if run(run_file, handle, name, 1, None) != 0 and getattr(sys, "last_type", None) is not KeyboardInterrupt:
-        raise SystemExit(1)
-    # Returning ends the interpreter as `python FILE` ends: 0, or death by SIGINT after an
-    # unhandled KeyboardInterrupt (the interpreter's own flag, set by the run above).
+    failed = run(run_file, handle, name, 1, None) != 0
+    interrupted = failed and getattr(sys, "last_type", None) is KeyboardInterrupt
+    _end(1 if failed and not interrupted else 0, interrupted, start, sizes)
+
+
+def _end(code, interrupted, start, sizes):
+    # What the interpreter's finalization does that a block can see, in its order: join the
+    # threads, run atexit, flush; take the block's modules out, drop what it added to builtins,
+    # collect, clear the namespaces cycles kept alive; free what it hung on the start's modules
+    # (their __del__, weakref callbacks and unflushed files), sys's last and silently. The start's
+    # own objects are not torn down: that writes to every page they are on, and the child would
+    # copy them all (about 4 ms a block). gc.get_objects() leaves out the frozen start: what it
+    # lists was made after the fork.
+    threading = sys.modules.get("threading")
+    if threading is not None and hasattr(threading, "_shutdown"):
+        threading._shutdown()
+    import atexit
+    import builtins
+    import gc
+
+    collect, get_objects, exit, kill, getpid = gc.collect, gc.get_objects, os._exit, os.kill, os.getpid
+    atexit._run_exitfuncs()
+    code = _flush(code)
+    builtin = set(sys.builtin_module_names)  # gc and atexit among them: needed to the end
+    mine = [name for name in sys.modules if name == "__main__" or (name not in start and name not in builtin)]
+    alive = []
+    for name in reversed(mine):
+        module = sys.modules.pop(name, None)
+        if isinstance(module, type(sys)) and type(module.__dict__) is dict:
+            alive.append(module.__dict__)
+        del module
+    made = {id(item) for item in get_objects()}
+    # Only the namespaces the block added to are looked through: a look at each would copy it.
+    grown = {id(namespace): namespace for namespace, size in sizes if len(namespace) > size}
+    if id(vars(builtins)) in grown:
+        _drop(vars(builtins), made)
+    collect()
+    for namespace in alive:  # what cycles kept: cleared as the interpreter clears module dicts
+        for names in ([k for k in namespace if k.startswith("_") and not k.startswith("__")], list(namespace)):
+            for key in names:
+                if key != "__builtins__" and isinstance(key, str):
+                    namespace[key] = None
+    del alive, namespace
+    collect()
+    for namespace in grown.values():
+        if namespace is not vars(sys) and namespace is not vars(builtins):
+            _drop(namespace, made)
+    collect()
+    code = _flush(code)
+    if id(vars(sys)) in grown:
+        sys.unraisablehook = lambda unraisable: None  # sys goes last, when errors have nowhere to go
+        _drop(vars(sys), made)
+    del made, grown
+    collect()
+    _flush(0)
+    if interrupted:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        kill(getpid(), signal.SIGINT)
+    exit(code)
+
+
+def _drop(namespace, made):
+    for key in [key for key, value in namespace.items() if id(value) in made]:
+        if key not in ("stdout", "stderr", "unraisablehook"):
+            del namespace[key]
+
+
+def _flush(code):
+    for stream in (getattr(sys, "stdout", None), getattr(sys, "stderr", None)):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            code = 120 if stream is getattr(sys, "stdout", None) else code
+    return code
 
 
 _zygote(_fresh)

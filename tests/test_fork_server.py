@@ -201,14 +201,51 @@ def test_block_cannot_tell(pair: Pair, case: str) -> None:
     assert outcome(forked, blocks) == outcome(normal, blocks)
 
 
-def test_unflushed_file_is_written_at_exit(pair: Pair) -> None:
-    """A file left open is flushed by the interpreter's exit, as in a normal run."""
-    blocks = [
-        CodeBlock("f = open('unflushed.txt', 'w', encoding='utf-8')\nf.write('data\\n')", "python"),
-        CodeBlock("cat unflushed.txt && rm unflushed.txt", "sh"),
-    ]
+#: Where a block can leave an open file for the interpreter's exit to flush: its own globals,
+#: and objects of the start's modules (which a forked block's end does not tear down).
+HOLDERS = {
+    "global": "f = {open}",
+    "sys-attribute": "import sys\nsys.kept = {open}\nf = sys.kept",
+    "builtins-attribute": "import builtins\nbuiltins.kept = {open}\nf = builtins.kept",
+    "list-on-os": "import os\nos.kept = [{open}]\nf = os.kept[0]",
+    "binary-on-sys": "import sys\nsys.kept = open('unflushed.txt', 'wb')\nf = sys.kept\nf.write(b'data\\n')\nraise SystemExit(0)",
+    "replaced-stdout": "import sys\nsys.stdout = f = {open}",
+    "in-a-cycle-on-sys": "import sys\nclass Box: pass\nbox = Box(); box.self = box; box.f = f = {open}\nsys.kept = box\ndel box",
+}
+
+
+@pytest.mark.parametrize("holder", sorted(HOLDERS))
+def test_unflushed_file_is_written_at_exit(pair: Pair, holder: str) -> None:
+    """A file left open is flushed by the interpreter's exit, as in a normal run, wherever it is kept."""
+    code = HOLDERS[holder].format(open="open('unflushed.txt', 'w', encoding='utf-8')")
+    if "f.write" not in code:
+        code += "\nf.write('data\\n')"
+    blocks = [CodeBlock(code, "python"), CodeBlock("cat unflushed.txt && rm unflushed.txt", "sh")]
     normal, forked = pair
     assert outcome(forked, blocks) == outcome(normal, blocks) == (0, "data\n")
+
+
+def test_objects_kept_on_start_modules_are_finalized(pair: Pair) -> None:
+    """__del__ of what a block hangs on sys or builtins runs at exit, as in a normal run."""
+    code = """
+import builtins, os, sys, weakref
+class Loud:
+    def __init__(self, name):
+        self.name = name
+    def __del__(self):
+        os.write(1, b"finalized " + self.name.encode() + b"\\n")
+sys.kept = Loud("on sys")
+builtins.kept = Loud("on builtins")
+class Target: pass
+sys.target = Target()
+weakref.finalize(sys.target, os.write, 1, b"weakref finalizer\\n")
+print("set", flush=True)
+"""
+    normal, forked = pair
+    blocks = [CodeBlock(code, "python")]
+    expected = outcome(normal, blocks)
+    assert "finalized on builtins" in expected[1]
+    assert outcome(forked, blocks) == expected
 
 
 def test_buffered_stdout_order(tmp_path: Path) -> None:
