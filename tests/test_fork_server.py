@@ -208,9 +208,11 @@ HOLDERS = {
     "sys-attribute": "import sys\nsys.kept = {open}\nf = sys.kept",
     "builtins-attribute": "import builtins\nbuiltins.kept = {open}\nf = builtins.kept",
     "list-on-os": "import os\nos.kept = [{open}]\nf = os.kept[0]",
-    "binary-on-sys": "import sys\nsys.kept = open('unflushed.txt', 'wb')\nf = sys.kept\nf.write(b'data\\n')\nraise SystemExit(0)",
+    "binary-on-sys": "import sys\nsys.kept = open('unflushed.txt', 'wb')\n"
+    "f = sys.kept\nf.write(b'data\\n')\nraise SystemExit(0)",
     "replaced-stdout": "import sys\nsys.stdout = f = {open}",
-    "in-a-cycle-on-sys": "import sys\nclass Box: pass\nbox = Box(); box.self = box; box.f = f = {open}\nsys.kept = box\ndel box",
+    "in-a-cycle-on-sys": "import sys\nclass Box: pass\n"
+    "box = Box(); box.self = box; box.f = f = {open}\nsys.kept = box\ndel box",
 }
 
 
