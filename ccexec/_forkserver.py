@@ -91,32 +91,20 @@ def _zygote(fresh):
     sys.stdout.flush()
     sys.stderr.flush()
     os.write(4, b"ready\n")
-    pending = b""
+    zygote = os.getpid()
     while True:
-        while b"\n" not in pending:
+        # The go-ahead for the next child: a NUL byte, sent once nothing of the last block is left.
+        # Anything before it is a block's path that its child, killed first, never read: dropped.
+        pending = b""
+        while not pending.endswith(b"\0"):
             chunk = os.read(3, 65536)
             if not chunk:
                 os._exit(0)  # the shepherd is done with us
             pending += chunk
-        size, pending = pending.split(b"\n", 1)
-        while len(pending) < int(size):
-            chunk = os.read(3, 65536)
-            if not chunk:
-                os._exit(0)
-            pending += chunk
-        path, pending = os.fsdecode(pending[: int(size)]), pending[int(size) :]
-        # The child waits until its pid is told: a block that kills us at once must not leave
-        # the shepherd without the pid of the block it then has to wait for.
-        gate, opened = os.pipe()
         pid = os.fork()
         if pid == 0:
-            os.close(opened)
-            os.read(gate, 1)  # EOF once the pid line is out
-            os.close(gate)
-            return _child(path, fresh, tools)
-        os.close(gate)
-        os.write(4, b"%d\n" % pid)
-        os.close(opened)
+            return _child(zygote, fresh, tools)
+        os.write(4, b"%d\n" % pid)  # before the block comes: the shepherd knows whom to wait for
         # Its status is read without reaping it, told, and only then reaped: if the block kills
         # us first, it is still there (a zombie at worst) for the shepherd, its new parent, to reap.
         info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
@@ -128,9 +116,8 @@ def _zygote(fresh):
         os.waitpid(pid, 0)
 
 
-def _child(path, fresh, tools):
+def _child(zygote, fresh, tools):
     prctl, fopen, run_file, get_errno, run, start, sizes = tools
-    os.close(3)
     os.close(4)
     # The interpreter's own sys.stdout and sys.stderr, made at its start for fds 1 and 2 (a
     # pipe then as now, never written since): the same objects a block's start would make.
@@ -138,6 +125,21 @@ def _child(path, fresh, tools):
     os.dup2(5, 2)
     os.close(5)
     os.setsid()
+    # Forked ahead of its block, which it then reads from the shepherd: until then it dies with
+    # the zygote (PR_SET_PDEATHSIG) and stays non-dumpable, as the zygote is.
+    prctl(1, 9, 0, 0, 0)
+    if os.getppid() != zygote:
+        os._exit(0)
+    pending = b""
+    while b"\n" not in pending or len(pending.split(b"\n", 1)[1]) < int(pending.split(b"\n", 1)[0]):
+        chunk = os.read(3, 65536)
+        if not chunk:
+            os._exit(0)  # the shepherd is done with us
+        pending += chunk
+    size, pending = pending.split(b"\n", 1)
+    path = os.fsdecode(pending[: int(size)])
+    os.close(3)
+    prctl(1, 0, 0, 0, 0)  # the block outlives a zygote it kills, as any process would
     prctl(4, 1, 0, 0, 0)  # dumpable again, as any process is after execve
     main = type(sys)("__main__")
     for key, value in fresh.items():
@@ -261,17 +263,23 @@ class ForkServer:
         if self.pid and (key != self.key or self.blocks >= limit):
             self.stop()
         note = ""
-        if not self.pid and key not in self.failed:
-            reason = self.start(argv[0], env, key)
-            if reason:
-                self.failed[key] = reason
-                note = "ccexec: the fork server could not start (%s); python blocks run the normal way\n" % reason
-        if not self.pid:
-            status, clean = run_leader(argv, env, self.out_write, self.settle)
-            return status, clean, note
-        self.blocks += 1
-        status, note = self.fork(argv[1])
-        return status, self.settle(), note
+        for _ in range(2):  # a zygote found dead before the block reached it is started again, once
+            if not self.pid and key not in self.failed:
+                reason = self.start(argv[0], env, key)
+                if reason:
+                    self.failed[key] = reason
+                    note = "ccexec: the fork server could not start (%s); python blocks run the normal way\n" % reason
+            if not self.pid:
+                break
+            self.blocks += 1
+            forked = self.fork(argv[1])
+            if forked is not None:
+                clean = self.settle()
+                if self.pid and self.blocks < limit:
+                    self.go()
+                return forked[0], clean, note + forked[1]
+        status, clean = run_leader(argv, env, self.out_write, self.settle)
+        return status, clean, note
 
     def start(self, python, env, key):
         # type: (str, Dict[str, str], str) -> str
@@ -312,23 +320,36 @@ class ForkServer:
         os.close(errors_read)
         if reason:
             self.stop()
+        else:
+            self.go()
         return reason
 
+    def go(self):
+        # type: () -> None
+        """Let the zygote fork the next block's process (nothing of the last block is left)."""
+        try:
+            os.write(self.command, b"\0")
+        except OSError:
+            pass  # it died: the next fork() finds out
+
     def fork(self, path):
-        # type: (str) -> Tuple[int, str]
-        """Have the zygote fork a block that runs ``path``; return its wait status and a note."""
+        # type: (str) -> Optional[Tuple[int, str]]
+        """Have the zygote's waiting child run ``path``; return its wait status and a note.
+
+        None if the zygote died before the block reached its child (nothing of the block ran).
+        """
+        line = self.line()  # the pid of the child the zygote forked for the next block
+        if line is None:
+            self.stop()
+            return None
+        leader = int(line)
         if self.preamble:
             _write_all(self.out_write, self.preamble)
         data = os.fsencode(path)
         try:
             _write_all(self.command, b"%d\n" % len(data) + data)
         except OSError:
-            pass  # it died: the pid line is missing too
-        line = self.line()
-        if line is None:
-            self.stop()
-            return signal.SIGKILL, "ccexec: the fork server was killed as the block started\n"
-        leader = int(line)
+            pass  # it died: the status line is missing too
         line = self.line()
         if line is not None:
             return int(line), ""
