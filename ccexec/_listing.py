@@ -26,13 +26,27 @@ def now_ns():
     return time.clock_gettime_ns(COARSE_CLOCK)
 
 
+def generated(name):
+    # type: (str) -> bool
+    """Whether ``name`` has the form of a generated code file's (``blocks.generated_filename``):
+    ``tmp_code_`` + 12 hex digits + ``_`` + 8 hex digits + ``.`` + an extension."""
+    return (
+        len(name) > 31 and name.startswith("tmp_code_") and name[21] == "_" and name[30] == "."
+        and not name[9:21].strip(_HEX) and not name[22:30].strip(_HEX)
+    )  # fmt: skip
+
+
+_HEX = "0123456789abcdef"
+
+
 def changed(root, since_ns, limit, skip=(), youngest=False):
     # type: (str, int, int, Container[str], bool) -> Tuple[List[Tuple[str, int]], bool]
     """Return ``([(relative name, change time), ...], cut)`` for files and links under ``root``
     changed (modified, created, renamed or chmod-ed: the later of mtime and ctime) at or after
     ``since_ns``, sorted by name, at most ``limit`` (with ``youngest``, the ``limit`` most
-    recently changed); ``cut`` says more were found. Names in ``skip`` are left out;
-    directories are walked, not listed."""
+    recently changed); ``cut`` says more were found. Names in ``skip`` are left out, and so are
+    generated code files, without a look at them (calls keep theirs: the work dir fills up with
+    them); directories are walked, not listed."""
     found = []  # type: List[Tuple[str, int]]
     top = os.open(root, _DIR_FLAGS)
     stack = [("", top)]
@@ -45,6 +59,8 @@ def changed(root, since_ns, limit, skip=(), youngest=False):
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             stack.append((name + "/", os.open(entry.name, _DIR_FLAGS, dir_fd=fd)))
+                            continue
+                        if generated(entry.name):
                             continue
                         stat = entry.stat(follow_symlinks=False)
                     except OSError:

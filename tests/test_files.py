@@ -321,6 +321,27 @@ def test_result_lists_the_files_a_call_changed(executor: Executor, tmp_path: Pat
     assert run(executor, "cat keep/changed").files == ()
 
 
+def test_result_leaves_out_every_code_file(executor: Executor) -> None:
+    """Code files calls keep (and one a block touches) are never listed; a file merely named alike is."""
+    run(executor, "print(1)", "python")
+    time.sleep(0.2)
+    code = "import glob, os\nfor name in glob.glob('tmp_code_*'):\n    os.utime(name)\n"
+    code += "open('tmp_code_x.py', 'w').close()"
+    assert run(executor, code, "python").files == ("tmp_code_x.py",)
+
+
+def test_generated_names_are_known_without_a_look() -> None:
+    """The listing's name test accepts every generated code file name and few others."""
+    from ccexec._listing import generated
+    from ccexec.blocks import generated_filename
+
+    assert all(generated(generated_filename(f"print({i})", ext)) for i in range(50) for ext in ("py", "sh", "ps1"))
+    assert not any(
+        generated(name)
+        for name in ("tmp_code_x.py", "tmp_code_0123456789ab_0123456.py", "tmp_code_0123456789aB_01234567.py", "a.py")
+    )
+
+
 def test_result_files_are_capped(executor: Executor) -> None:
     """A call writing 1,005 files lists the first 1,000 by name and says it was cut."""
     result = run(executor, "import os\nfor i in range(1005):\n    open('f%04d' % i, 'w').close()", "python")
