@@ -86,32 +86,3 @@ def delete_file(root_fd, relative):
         os.unlink(name, dir_fd=directory)
     finally:
         os.close(directory)
-
-
-def scrub(root_fd):
-    # type: (int) -> int
-    """Strip setuid/setgid bits from files and remove device nodes under ``root_fd``, following no
-    symlink; return how many entries were changed.
-
-    A block running as root in a container could otherwise leave a setuid-root program or a
-    raw disk device in a work dir that the host's users can reach.
-    """
-    changed = 0
-    for _, _, files, directory in os.fwalk(".", dir_fd=root_fd, follow_symlinks=False):
-        for name in files:
-            try:
-                mode = os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode
-                kind = mode & 0o170000
-                if kind in (0o020000, 0o060000):  # character or block device
-                    os.unlink(name, dir_fd=directory)
-                    changed += 1
-                elif kind == 0o100000 and mode & 0o6000:
-                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
-                    try:
-                        os.fchmod(fd, mode & 0o1777)
-                    finally:
-                        os.close(fd)
-                    changed += 1
-            except OSError:
-                continue  # gone or replaced meanwhile
-    return changed

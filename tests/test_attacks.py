@@ -1198,6 +1198,49 @@ def test_no_setuid_file_reaches_the_host(engine: Engine, mode: str, tmp_path: Pa
     assert flagged == [], listing("setuid/setgid files in the host work dir", flagged)
 
 
+def flagged_entries(work: Path) -> list[str]:
+    """Setuid/setgid files and device nodes in the host work dir."""
+    found = []
+    for path in work.rglob("*"):
+        mode = path.lstat().st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or (stat.S_ISREG(mode) and mode & (stat.S_ISUID | stat.S_ISGID)):
+            found.append(f"{path.relative_to(work)} {stat.filemode(mode)}")
+    return found
+
+
+# Ways to get a setuid file or a device node past a scrub that looks only at what changed
+# (inotify): (first call, second call), sh; the first prepares, the second attacks.
+GONE_NAME = "python3 -c \"import os\nfd = os.open('f', os.O_RDONLY)\nos.unlink('f')\nos.fchmod(fd, 0o4755)\""
+SCRUB_DODGES = {
+    "chmod-a-file-of-an-earlier-call": ("cp /bin/sh old", "chmod u+s old"),
+    "deep-new-directories": ("true", "mkdir -p a/b/c/d && cp /bin/sh a/b/c/d/x && chmod 4755 a/b/c/d/x"),
+    "directory-renamed-then-chmod": ("mkdir -p r1/s && cp /bin/sh r1/s/x", "mv r1 r2 && chmod u+s r2/s/x"),
+    "chmod-through-a-removed-name": ("cp /bin/sh f && ln f g", GONE_NAME),
+    "moved-in-from-the-container": ("true", "cp /bin/sh /tmp/m && chmod 4755 /tmp/m && mv /tmp/m here"),
+    "event-queue-overflow": (
+        "cp /bin/sh old && mkdir many",
+        "cd many && seq 1 20000 | xargs touch && cd .. && chmod u+s old",
+    ),
+    "device-in-a-new-directory": ("true", "mkdir n && { mknod n/null c 1 3 || true; }"),
+    "setuid-at-creation": ("true", "python3 -c \"import os; os.open('c', os.O_CREAT | os.O_WRONLY, 0o6755)\""),
+}
+
+
+@MODES
+@pytest.mark.parametrize("dodge", sorted(SCRUB_DODGES))
+def test_no_scrub_dodge_reaches_the_host(engine: Engine, mode: str, dodge: str, tmp_path: Path) -> None:
+    """No way around the end-of-call scrub leaves a setuid file or a device node in the host work dir."""
+    work = tmp_path / "work"
+    with container(engine, tmp_path, mode=mode) as executor:
+        for code in SCRUB_DODGES[dodge]:
+            call = run(executor, code + " && echo done", "sh")
+            assert call.error is None
+            assert call.truth().output.endswith("done\n"), excerpt(call.truth().output)
+            assert flagged_entries(work) == [], listing(f"after {code!r}", flagged_entries(work))
+        assert run(executor, "echo later", "sh").truth().output == "later\n"
+        assert flagged_entries(work) == []
+
+
 # == 9. the local executor as an unprivileged user ================================================
 
 

@@ -463,3 +463,34 @@ def test_a_supervisor_without_its_guards_is_warned_about_once() -> None:
     assert "forge results" in messages[0]
     assert "could not make itself subreaper" in messages[1]
     assert all(warning.category is RuntimeWarning for warning in caught)
+
+
+@pytest.mark.parametrize("inotify", [True, False], ids=["watched", "full-scrubs"])
+def test_scrubber_strips_what_changed(tmp_path: Path, inotify: bool) -> None:
+    """The scrubber strips setuid/setgid bits where files changed, in new and renamed folders, inotify or not."""
+    from ccexec._scrubber import Scrubber
+
+    (tmp_path / "old").write_bytes(b"x")
+    (tmp_path / "keep").mkdir()
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        scrubber = Scrubber(root)
+        if not inotify:
+            os.close(scrubber.fd)
+            scrubber.fd = -1
+        assert scrubber.scrub() == 0
+        os.chmod(tmp_path / "old", 0o4755)
+        (tmp_path / "new" / "deep").mkdir(parents=True)
+        (tmp_path / "new" / "deep" / "x").write_bytes(b"x")
+        os.chmod(tmp_path / "new" / "deep" / "x", 0o2755)
+        assert scrubber.scrub() == 2
+        os.rename(tmp_path / "new", tmp_path / "moved")
+        os.chmod(tmp_path / "moved" / "deep" / "x", 0o4700)
+        os.chmod(tmp_path / "keep", 0o2755)  # a folder's setgid bit is left alone
+        assert scrubber.scrub() == 1
+        assert scrubber.scrub() == 0
+        modes = [path.stat().st_mode for path in tmp_path.rglob("*") if path.is_file()]
+        assert modes
+        assert not any(mode & 0o6000 for mode in modes)
+    finally:
+        os.close(root)

@@ -27,7 +27,7 @@ STDERR_KEPT = 1 << 16
 def supervisor_source() -> str:
     """The protocol and supervisor modules as one script, for ``python -c`` (here or in a container)."""
     parts = []
-    for name in ("_protocol.py", "_workdir.py", "_tree.py", "_forkserver.py", "_supervisor.py"):
+    for name in ("_protocol.py", "_workdir.py", "_scrubber.py", "_tree.py", "_forkserver.py", "_supervisor.py"):
         with open(os.path.join(_PACKAGE, name), encoding="utf-8") as handle:
             parts.append(handle.read())
     return "\n".join(parts)
