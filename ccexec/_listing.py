@@ -12,7 +12,7 @@ import time
 
 MYPY = False
 if MYPY:  # for type comments only
-    from typing import Container, List, Tuple  # noqa: F401
+    from typing import Container, List, Set, Tuple  # noqa: F401
 
 #: CLOCK_REALTIME_COARSE (Linux): the clock the kernel stamps file times with, so a file written
 #: after a reading of it is never older than that reading (time.time_ns() may run a tick ahead).
@@ -37,6 +37,17 @@ def generated(name):
 
 
 _HEX = "0123456789abcdef"
+_SEEN = set()  # type: Set[str]  # generated names met already: known again by one lookup
+
+
+def _remember(name):
+    # type: (str) -> bool
+    """Whether ``name`` is a generated one (remembered if so)."""
+    if not generated(name):
+        return False
+    if len(_SEEN) < 100000:
+        _SEEN.add(name)
+    return True
 
 
 def changed(root, since_ns, limit, skip=(), youngest=False):
@@ -53,21 +64,20 @@ def changed(root, since_ns, limit, skip=(), youngest=False):
     while stack:
         prefix, fd = stack.pop()
         try:
-            with os.scandir(fd) as entries:
-                for entry in entries:
-                    name = prefix + entry.name
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append((name + "/", os.open(entry.name, _DIR_FLAGS, dir_fd=fd)))
-                            continue
-                        if generated(entry.name):
-                            continue
-                        stat = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue  # gone, or replaced by a link, meanwhile
-                    stamp = max(stat.st_mtime_ns, stat.st_ctime_ns)
-                    if stamp >= since_ns and name not in skip:
-                        found.append((name, stamp))
+            for entry in os.listdir(fd):  # names only: a work dir of kept code files lists fast
+                if entry in _SEEN or (entry.startswith("tmp_code_") and _remember(entry)):
+                    continue
+                name = prefix + entry
+                try:
+                    stat = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+                    if stat.st_mode & 0o170000 == 0o040000:
+                        stack.append((name + "/", os.open(entry, _DIR_FLAGS, dir_fd=fd)))
+                        continue
+                except OSError:
+                    continue  # gone, or replaced by a link, meanwhile
+                stamp = max(stat.st_mtime_ns, stat.st_ctime_ns)
+                if stamp >= since_ns and name not in skip:
+                    found.append((name, stamp))
         except OSError:
             pass
         finally:
