@@ -139,7 +139,7 @@ def warn_unguarded(hello: Hello, where: str) -> None:
 
 
 class SupervisorClient:
-    """Speak the protocol over a supervisor's stdin (``write_fd``) and stdout (``read_fd``).
+    """Speak the protocol over a supervisor's stdin (``write_fd``) and stdout (``read_fd``), or a socket.
 
     The client owns both descriptors: its reader thread closes ``read_fd`` when the stream
     ends, ``close()`` closes ``write_fd`` (which tells the supervisor to kill its blocks and exit).
@@ -236,14 +236,16 @@ class SupervisorClient:
         self._ready.set()
         for pending in list(self._pending.values()):
             pending.done.set()
-        self._on_broken()
+        if not self.stopped:  # we closed it: the transport ends by itself (a client may outlive a socket's end)
+            self._on_broken()
 
     def close(self) -> None:
         """Close the supervisor's stdin: it kills its blocks and exits."""
         with self._write_lock:
-            if self._write_fd >= 0:
-                os.close(self._write_fd)
-                self._write_fd = -1
+            fd, self._write_fd = self._write_fd, -1  # first: the end it causes is then read as ours
+            if fd >= 0:
+                _shut_down_writing(fd)
+                os.close(fd)
 
     def _send(self, data: bytes) -> None:
         try:
@@ -299,3 +301,17 @@ class SupervisorClient:
             assert self.error is not None
             raise self.error
         return pending.end
+
+
+def _shut_down_writing(fd: int) -> None:
+    """On a socket, shut down our side: the peer sees the end only once every descriptor of it closes."""
+    import socket
+    import stat
+
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.fstat(fd).st_mode):
+            sock = socket.socket(fileno=fd)
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            finally:
+                sock.detach()

@@ -365,12 +365,44 @@ class Supervisor(Blocks):
             self.shutdown()
 
 
+def take_channel(path):
+    # type: (str) -> None
+    """Read the token from stdin, present it on the socket at ``path`` and make that socket fds 0 and 1.
+
+    On any failure the protocol stays on stdin and stdout (see ``backends/channel.py``).
+    """
+    token = b""
+    while not token.endswith(b"\n"):
+        chunk = os.read(0, 64)
+        if not chunk:
+            os._exit(0)  # the host is gone already
+        token += chunk
+    try:
+        import _socket  # the C module: `socket` imports enum
+
+        connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            connection.connect(path)
+            connection.sendall(token)
+        except OSError:
+            connection.close()
+            return
+        fd = connection.detach()
+    except (ImportError, OSError):
+        return
+    os.dup2(fd, 0)
+    os.dup2(fd, 1)
+    os.close(fd)
+
+
 def main():
     # type: () -> None
-    for arg in sys.argv[1:]:  # python -c SOURCE --rlimit=NUMBER:SOFT:HARD...: limits for every block
+    for arg in sys.argv[1:]:  # python -c SOURCE --rlimit=NUMBER:SOFT:HARD... --channel=PATH
         if arg.startswith("--rlimit="):
             number, soft, hard = arg[len("--rlimit=") :].split(":")
             BLOCK_LIMITS.append((int(number), int(soft), int(hard)))
+        elif arg.startswith("--channel="):
+            take_channel(arg[len("--channel=") :])
     guards = []
     if prctl(PR_SET_DUMPABLE, 0):
         guards.append("nondumpable")

@@ -754,3 +754,47 @@ def test_image_without_python(image_without_python: str, tmp_path: Path) -> None
         make(image_without_python, tmp_path).start()
     with make(image_without_python, tmp_path, mode="exec") as executor:
         assert executor.execute_code_blocks([CodeBlock("echo sh only", "sh")]).output == "sh only\n"
+
+
+# -- the socket channel ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hardened", [False, True], ids=["default", "hardened"])
+def test_socket_channel_is_used_and_leaves_nothing_to_reach(engine: Engine, tmp_path: Path, hardened: bool) -> None:
+    """A local engine: the supervisor talks over the mounted socket, whose folder is empty and read-only by then."""
+    with make(engine.image, tmp_path, docker=engine.client, hardened=hardened) as executor:
+        assert executor.channel == "socket"
+        code = (
+            "import os\ntry:\n    print(os.listdir('/run/ccexec-channel'))\nexcept PermissionError:\n    print('[]')\n"
+            "try:\n    open('/run/ccexec-channel/x', 'w')\nexcept OSError:\n    print('cannot write')"
+        )
+        result = executor.execute_code_blocks([CodeBlock(code, "python")])
+        assert (result.exit_code, result.output) == (0, "[]\ncannot write\n")
+        name = executor._container_name
+    assert engine.wait_state(name, "gone", PROMPT) == "gone"
+
+
+def test_socket_channel_can_be_turned_off(docker_engine: str, tmp_path: Path) -> None:
+    """socket_channel=False: the attached client's stdio, and nothing mounted for a channel."""
+    with make(docker_engine, tmp_path, socket_channel=False) as executor:
+        assert executor.channel == "client"
+        result = executor.execute_code_blocks([CodeBlock("test -e /run/ccexec-channel || echo none", "sh")])
+        assert result.output == "none\n"
+    assert make(docker_engine, tmp_path).channel is None  # not started
+
+
+def test_supervisor_that_cannot_connect_speaks_on_stdio(
+    docker_engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket the supervisor cannot reach (here: removed before it starts): blocks run over the client."""
+    from ccexec.backends import channel, docker
+
+    class Unreachable(channel.SocketChannel):
+        def __init__(self) -> None:
+            super().__init__()
+            os.unlink(os.path.join(self.folder, "s"))
+
+    monkeypatch.setattr(docker, "SocketChannel", Unreachable)
+    with make(docker_engine, tmp_path) as executor:
+        assert executor.channel == "client"
+        assert executor.execute_code_blocks([CodeBlock("print('over stdio')", "python")]).output == "over stdio\n"

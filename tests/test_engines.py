@@ -160,6 +160,7 @@ def test_docker_host_ssh_picks_no_mount_mode(
     clean_engine_env.setenv("DOCKER_HOST", ssh_endpoint)
     executor = DockerCommandLineCodeExecutor(TEST_IMAGE, unique_name("ssh"), timeout=2, work_dir=tmp_path)
     with executor:
+        assert executor.channel == "client"  # a remote engine: no socket of ours can reach it
         check_remote_executor(executor, tmp_path)
     assert wait_state("docker", executor.container_name, "gone", 5) == "gone"
 
@@ -206,6 +207,7 @@ def test_ssh_engine_with_forced_mount(ssh_endpoint: str, clean_engine_env: pytes
     )
     with executor:
         assert executor.mounts_work_dir is True
+        assert executor.channel == "client"
         result = executor.execute_code_blocks([CodeBlock("# filename: here.py\nprint('mounted')", "python")])
     assert (result.exit_code, result.output, result.code_file) == (0, "mounted\n", str(tmp_path / "here.py"))
     assert (tmp_path / "here.py").exists()
@@ -224,6 +226,7 @@ with DockerCommandLineCodeExecutor(image, name, work_dir="/app/work", bind_dir=h
     result = ex.execute_code_blocks([CodeBlock(probe + "print(socket.gethostname())", "python")])
     report = {
         "mounts": ex.mounts_work_dir,
+        "channel": ex.channel,
         "exit_code": result.exit_code,
         "output": result.output,
         "code_file": result.code_file,
@@ -271,6 +274,7 @@ def test_docker_out_of_docker(docker_engine: str, request: pytest.FixtureRequest
     report = json.loads(done.stdout.splitlines()[-1])
     sibling_hostname = report["output"].strip()
     assert report["mounts"] is True
+    assert report["channel"] == "client"  # bind_dir: the engine sees other paths than ours
     assert report["exit_code"] == 0
     assert report["code_file"] == "/app/work/out/probe.py"
     assert sibling_hostname

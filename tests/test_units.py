@@ -494,3 +494,36 @@ def test_scrubber_strips_what_changed(tmp_path: Path, inotify: bool) -> None:
         assert not any(mode & 0o6000 for mode in modes)
     finally:
         os.close(root)
+
+
+def test_socket_channel_takes_only_the_token(tmp_path: Path) -> None:
+    """Connections without the token are dropped; the one with it is taken; the folder is gone after close()."""
+    import socket
+    import time
+
+    from ccexec.backends.channel import SocketChannel
+
+    channel = SocketChannel()
+    path = os.path.join(channel.folder, "s")
+    stranger, owner = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
+    stranger.connect(path)
+    stranger.sendall(b"0" * 32 + b"\n")
+    owner.connect(path)
+    owner.sendall(channel.token)
+    read_fd, write_fd = os.pipe()
+    try:
+        taken = channel.accept(read_fd, time.monotonic() + 5)
+        assert taken is not None
+        taken.sendall(b"hello")
+        assert owner.recv(5) == b"hello"
+        assert stranger.recv(5) == b""  # dropped
+        taken.close()
+        os.write(write_fd, b"x")  # the supervisor speaks on its stdio instead: no connection is waited for
+        assert channel.accept(read_fd, time.monotonic() + 5) is None
+    finally:
+        channel.close()
+        for fd in (read_fd, write_fd):
+            os.close(fd)
+        stranger.close()
+        owner.close()
+    assert not os.path.exists(channel.folder)

@@ -1,4 +1,5 @@
-"""The supervisor in a container: started by ``docker run -i`` and reached over that client's stdio.
+"""The supervisor in a container: started by ``docker run -i`` and reached over that client's stdio
+(or, when the engine shares this host's files, over a mounted socket: see ``channel.py``).
 
 The container's main process is the supervisor (``sh`` finds ``python3`` or ``python`` and
 execs it with the shipped source), attached to us: when we close its stdin, or die, it kills
@@ -18,6 +19,7 @@ from .._client import Cancel
 from .._protocol import END_GRACE, RunRequest
 from ..errors import ContainerGoneError, DockerError, DockerTimeoutError
 from . import WORKSPACE, docker_cli
+from .channel import SocketChannel
 from .docker_cli import ContainerSpec, DockerCLI
 from .docker_files import LISTING_CAP, checked_output, files_of
 from .host import Attached, SupervisedBackend, supervisor_source
@@ -47,20 +49,31 @@ class DockerBackend(SupervisedBackend):
             self._release()
             spec = self._spec
             spec.prepare_mount()
+            channel = None
             if spec.keep:
                 self._cli.run(*self._cli.run_args(spec, attached=False), env=self._cli.env(spec))
                 argv = self._cli.exec_supervisor_args(spec.name, supervisor_source())
             else:
-                argv = self._cli.run_args(spec, attached=True, supervisor=supervisor_source())
+                channel = SocketChannel() if spec.channel else None
+                argv = self._cli.run_args(spec, attached=True, supervisor=supervisor_source(), channel=channel)
             attached = self._attached = Attached(
-                argv, f"container {spec.name}", env=self._cli.env(spec), keep_stderr=True, gone=self._gone
-            )
+                argv, f"container {spec.name}", env=self._cli.env(spec), keep_stderr=True, gone=self._gone,
+                channel=channel, deadline=docker_cli.RUN_DEADLINE,
+            )  # fmt: skip
             if attached.client.wait_ready(docker_cli.RUN_DEADLINE) is None:
                 error = self._start_error(attached)
                 self._release(grace=0.0)
                 raise error
         if spec.init_command:
             self._run_init(spec.init_command)
+
+    @property
+    def channel(self) -> str | None:
+        """``"socket"`` or ``"client"`` (see ``channel.py``); None when no supervisor is attached."""
+        attached = self._attached
+        if attached is None:
+            return None
+        return "socket" if attached.over_socket else "client"
 
     def _gone(self, reason: str) -> ContainerGoneError:
         attached = self._attached

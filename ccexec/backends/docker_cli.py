@@ -8,7 +8,7 @@ import select
 import shlex
 import shutil
 import subprocess
-from typing import Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Mapping, Sequence, Union
 
 from ..errors import (
     ContainerGoneError,
@@ -22,6 +22,9 @@ from ..errors import (
 )
 from . import WORKSPACE
 
+if TYPE_CHECKING:
+    from .channel import SocketChannel
+
 ClientCommand = Union[str, Sequence[str]]
 
 #: Seconds a quick docker CLI call (inspect, rm, ps) may take before the engine counts as hung.
@@ -33,7 +36,7 @@ RUN_DEADLINE = 300.0
 # runs the supervisor source given as $0. -I -S: it needs only the standard library, and
 # site's imports cost ~5 ms per start.
 BOOT = (
-    'for py in python3 python; do command -v $py >/dev/null && exec $py -I -S -c "$0"; done; '
+    'for py in python3 python; do command -v $py >/dev/null && exec $py -I -S -c "$0" "$@"; done; '
     "echo \"ccexec: the image has neither python3 nor python; use mode='exec' (only sh needed)\" >&2; exit 127"
 )
 # The main process of a container that outlives us (stop_container=False): sleeps until stopped.
@@ -67,14 +70,16 @@ class ContainerSpec:
     variables passed as ``--env NAME`` with the value in the client's own environment, so they
     never appear in a process listing. ``mount`` is the host path bind-mounted at WORKSPACE
     (None: nothing mounted); ``host_work_dir`` is where the user finds it. ``keep``: a
-    detached container that outlives us (AutoGen's ``stop_container=False``).
+    detached container that outlives us (AutoGen's ``stop_container=False``). ``channel``: the
+    engine sees this host's files, so the supervisor may talk over a mounted socket (``channel.py``).
     """
 
     def __init__(
         self, image: str, name: str, *, labels: Mapping[str, str], options: Sequence[str],
         secrets: Mapping[str, str], mount: str | None, host_work_dir: str, auto_remove: bool, keep: bool,
-        init_command: str | None, owner: tuple[int, int] | None,
+        init_command: str | None, owner: tuple[int, int] | None, channel: bool = False,
     ) -> None:  # fmt: skip
+        self.channel = channel
         self.image, self.name, self.labels, self.options = image, name, dict(labels), list(options)
         self.secrets, self.mount, self.host_work_dir = dict(secrets), mount, host_work_dir
         self.auto_remove, self.keep, self.init_command, self.owner = auto_remove, keep, init_command, owner
@@ -181,11 +186,13 @@ class DockerCLI:
             self.run(*self.remove_args(name), check=False)
 
     def run_args(
-        self, spec: ContainerSpec, *, attached: bool, script: str = KEEPALIVE, supervisor: str | None = None
-    ) -> list[str]:
+        self, spec: ContainerSpec, *, attached: bool, script: str = KEEPALIVE, supervisor: str | None = None,
+        channel: SocketChannel | None = None,
+    ) -> list[str]:  # fmt: skip
         """The whole argv of ``docker run`` for ``spec``, attached (``-i``) or detached.
 
-        The main process is ``sh -c script``, or with ``supervisor`` (its source) BOOT running it.
+        The main process is ``sh -c script``, or with ``supervisor`` (its source) BOOT running it,
+        told to connect to ``channel`` (mounted) if one is given.
         """
         argv = [*self.argv, "run", *(["-i"] if attached else ["--detach"]), "--name", spec.name, "--workdir", WORKSPACE]
         if attached and not self.is_podman:
@@ -202,6 +209,9 @@ class DockerCLI:
         for key in spec.secrets:
             argv += ["--env", key]  # the value comes from the client's environment (see env())
         main = [script] if supervisor is None else [BOOT, supervisor]
+        if channel is not None and supervisor is not None:
+            argv += channel.run_args()
+            main += channel.supervisor_args()
         return [*argv, *spec.options, "--entrypoint", "/bin/sh", spec.image, "-c", *main]
 
     def exec_supervisor_args(self, name: str, source: str) -> list[str]:

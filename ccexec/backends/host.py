@@ -3,9 +3,12 @@ supervisor process is started with a client on its stdio (``Attached``, also use
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Callable, Generator, Mapping, Sequence
 
@@ -16,6 +19,7 @@ from ..errors import SupervisorGoneError
 
 if TYPE_CHECKING:
     from .._files import HostFiles
+    from .channel import SocketChannel
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Seconds the local supervisor may take to say hello.
@@ -49,6 +53,8 @@ class Attached:
         env: Mapping[str, str] | None = None,
         keep_stderr: bool = False,
         gone: Callable[[str], SupervisorGoneError] | None = None,
+        channel: SocketChannel | None = None,
+        deadline: float = START_DEADLINE,
     ) -> None:
         self.argv = argv
         self._stderr = bytearray()
@@ -66,11 +72,17 @@ class Attached:
         os.close(to_child[0])
         os.close(to_us[1])
         proc = self.proc
-        self.client = SupervisorClient(name, to_us[0], to_child[1], lambda: _kill(proc), gone)
         if keep_stderr:
             threading.Thread(target=self._read_stderr, name=f"ccexec-{name}-stderr", daemon=True).start()
-        # Dropped without close(): the supervisor sees its stdin close and exits.
-        weakref.finalize(self, _end, self.client, proc)
+        read_fd, write_fd = to_us[0], to_child[1]
+        self._stdio: tuple[int, ...] = ()  # the client's stdio when the protocol goes over the socket
+        connection = None if channel is None else _connect(channel, read_fd, write_fd, deadline)
+        if connection is not None:
+            self._stdio, read_fd = (read_fd, write_fd), connection.detach()
+            write_fd = os.dup(read_fd)
+        self.client = SupervisorClient(name, read_fd, write_fd, lambda: _kill(proc), gone)
+        # Dropped without close(): the supervisor sees its channel close and exits.
+        weakref.finalize(self, _end, self.client, proc, self._stdio)
 
     def _read_stderr(self) -> None:
         stream = self.proc.stderr
@@ -97,6 +109,31 @@ class Attached:
             _kill(self.proc)
             self.proc.wait()
             return False
+        finally:
+            _close_all(self._stdio)
+            self._stdio = ()
+
+    @property
+    def over_socket(self) -> bool:
+        """Whether the protocol goes over a SocketChannel (not the client's stdio)."""
+        return bool(self._stdio)
+
+
+def _connect(channel: SocketChannel, read_fd: int, write_fd: int, deadline: float) -> socket.socket | None:
+    """Give the supervisor the channel's token (on its stdin) and take its connection; None: it speaks on stdio."""
+    try:
+        os.write(write_fd, channel.token)
+        return channel.accept(read_fd, time.monotonic() + deadline)
+    except OSError:
+        return None
+    finally:
+        channel.close()
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -104,9 +141,10 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-def _end(client: SupervisorClient, proc: subprocess.Popen[bytes]) -> None:
+def _end(client: SupervisorClient, proc: subprocess.Popen[bytes], stdio: Sequence[int]) -> None:
     """Close the channel of an Attached nobody closed, and reap its process (killed if it lingers)."""
     client.close()
+    _close_all(stdio)
     try:
         proc.wait(1.0)
     except subprocess.TimeoutExpired:
