@@ -303,6 +303,32 @@ def test_recursion_limit_reached_five_calls_sooner(pair: Pair) -> None:
     assert depth - forked_depth == 5
 
 
+def test_file_kept_inside_a_start_object_is_not_flushed(pair: Pair) -> None:
+    """Difference: a file kept only inside something the start made (here sys.meta_path) is not flushed at exit."""
+    normal, forked = pair
+    code = "import sys\nf = open('inside.txt', 'w')\nf.write('data\\n')\nsys.meta_path.append(f)\ndel f"
+    blocks = [CodeBlock(code, "python"), CodeBlock("cat inside.txt; rm inside.txt", "sh")]
+    assert outcome(normal, blocks) == (0, "data\n")
+    assert outcome(forked, blocks) == (0, "")
+
+
+def test_process_started_before_its_block(pair: Pair) -> None:
+    """Difference: the process was forked ahead of its block, so its start time is before the call's."""
+    normal, forked = pair
+    code = [
+        CodeBlock(
+            "import os\nticks = os.sysconf('SC_CLK_TCK')\n"
+            "started = int(open('/proc/self/stat').read().rsplit(')', 1)[1].split()[19]) / ticks\n"
+            "print(float(open('/proc/uptime').read().split()[0]) - started > 0.4)",
+            "python",
+        )
+    ]
+    for executor, earlier in ((normal, "False"), (forked, "True")):
+        executor.execute_code_blocks([CodeBlock("pass", "python")])
+        time.sleep(0.6)
+        assert outcome(executor, code) == (0, earlier + "\n")
+
+
 def test_random_state_differs_between_blocks(pair: Pair) -> None:
     """Each forked block draws its own random numbers (and os.urandom)."""
     _, forked = pair
