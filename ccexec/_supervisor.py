@@ -69,6 +69,9 @@ except ImportError:  # shipped as text after _protocol's: its names are defined 
     pass
 
 CHUNK = 65536
+#: Idle shepherds kept at most when blocks are forked (each holds a started interpreter, about
+#: 10 MB): as many as blocks ran at once, so that concurrent calls do not start servers anew.
+IDLE_FORKING = 8
 # Signals a block may send us by mistake or malice; SIGKILL and SIGSTOP cannot be ignored.
 _IGNORED = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGTSTP", "SIGTTIN",
             "SIGTTOU", "SIGPIPE", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF")  # fmt: skip
@@ -98,6 +101,7 @@ class Blocks:
         self.chained = {}  # type: Dict[int, RunRequest]  # by the id of the block it waits for
         self.outcomes = {}  # type: Dict[int, bool]  # ended blocks nothing was chained to yet
         self.notes = set()  # type: Set[str]  # shepherds' notes said already (each is said once)
+        self.keep_idle = 2  # idle shepherds kept for the next calls
         # As root in a container whose work dir is a mount from the host, blocks could leave
         # setuid-root files or device nodes there: strip them at the end of each call.
         scrubs = os.getpid() == 1 and os.geteuid() == 0 and os.stat(".").st_dev != os.stat("..").st_dev
@@ -131,6 +135,8 @@ class Blocks:
         oom_before = oom_kills()
         # Only the plain `python FILE` is forked: another command line is the user's to run.
         fork = request.fork_server if request.argv == ["{python}", "{file}"] and request.path is not None else 0
+        if fork:  # each shepherd keeps a started interpreter: keep as many as ran at once (up to a bound)
+            self.keep_idle = max(self.keep_idle, min(IDLE_FORKING, len(self.blocks) + 1))
         shepherd = self.take_shepherd()
         while not shepherd.send(argv, env, fork):  # a block killed it while it was idle
             self.drop(shepherd)
@@ -190,7 +196,7 @@ class Blocks:
         end = block.end(status, note)
         if shepherd.alive:
             self.idle.append(shepherd)
-            while len(self.idle) > 2:  # enough for a few concurrent calls; the rest exit at EOF
+            while len(self.idle) > self.keep_idle:  # enough for a few concurrent calls; the rest exit at EOF
                 self.idle.pop(0).discard()
         if block.cleanup is not None:
             try:

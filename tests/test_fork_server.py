@@ -465,6 +465,36 @@ def test_docker_forked_block_times_out(docker_engine: str, tmp_path: Path) -> No
         assert outcome(ex, [CodeBlock(PARENT, "python")]) == (0, "True\n")
 
 
+#: Counts the fork servers in the container: processes running ZYGOTE whose parent does not (the
+#: processes they fork, this block among them, run it too).
+ZYGOTES = """
+import os
+def forked(pid):
+    try:
+        args = open('/proc/%s/cmdline' % pid, 'rb').read().split(b'\\0')
+    except OSError:
+        return False
+    return args[1:2] == [b'-c'] and args[2].startswith(b'_fresh = dict(globals())')
+def parent(pid):
+    return open('/proc/%s/stat' % pid).read().rsplit(')', 1)[1].split()[1]
+print(sum(forked(p) and not forked(parent(p)) for p in filter(str.isdigit, os.listdir('/proc'))))
+"""
+
+
+def test_docker_concurrent_blocks_keep_their_servers(docker_engine: str, tmp_path: Path) -> None:
+    """Four blocks at once, then again: the four started servers are kept between the calls, not started anew."""
+    import concurrent.futures
+
+    name = f"ccexec-test-fork-{uuid.uuid4().hex[:10]}"
+    with ccexec.DockerCommandLineCodeExecutor(
+        docker_engine, name, work_dir=tmp_path, timeout=30, fork_server=True
+    ) as ex:
+        sleep = [CodeBlock("import time\ntime.sleep(1)", "python")]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            assert [r.exit_code for r in pool.map(lambda _: ex.execute_code_blocks(sleep), range(4))] == [0] * 4
+        assert int(ex.execute_code_blocks([CodeBlock(ZYGOTES, "python")]).output) >= 4
+
+
 def test_sigint_exit_is_reported_as_signal(pair: Pair) -> None:
     """An unhandled KeyboardInterrupt kills the forked block with SIGINT, as CPython does."""
     _, forked = pair
