@@ -19,6 +19,7 @@ from typing import Callable
 import docker_latency
 import files
 import footprint
+import fork_server
 import local_latency
 import output_heavy
 import sandbox_latency
@@ -34,6 +35,7 @@ BENCHMARKS: list[tuple[str, Callable[[], list[Section]]]] = [
     ("throughput.py", throughput.run),
     ("output_heavy.py", output_heavy.run),
     ("files.py", files.run),
+    ("fork_server.py", fork_server.run),
 ]
 
 

@@ -302,3 +302,13 @@ def test_mcp_sandbox(tmp_path: Path) -> None:
         assert result["structuredContent"]["output"] == "False 3\n"
         assert raw.close() == 0
     assert b"bubblewrap sandbox" in raw.stderr
+
+
+def test_interpreter_path_with_dots(tmp_path: Path, bwrap_sandbox: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interpreter reached through `..` from a folder the sandbox does not have starts in it too."""
+    elsewhere = tmp_path / "elsewhere"  # on the host only: the sandbox binds tmp_path/work, not this
+    elsewhere.mkdir()
+    climb = [".."] * (len(elsewhere.parts) - 1)
+    monkeypatch.setattr(sys, "executable", os.path.join(elsewhere, *climb, sys.executable.lstrip("/")))
+    with make(tmp_path / "work") as executor:
+        assert run(executor, "print('started')") == (0, "started\n")

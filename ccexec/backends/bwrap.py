@@ -234,7 +234,7 @@ class BwrapBackend(HostBackend):
         self, work_dir: str, python: str, *, read_only: Sequence[str] = (), network: bool = False,
         limits: Mapping[str, int | None] | None = None, bwrap: str = "bwrap",
     ) -> None:  # fmt: skip
-        super().__init__(os.path.abspath(work_dir), python)
+        super().__init__(os.path.abspath(work_dir), os.path.abspath(python))  # no ".." left to resolve inside
         if self.as_root:  # blocks run as nobody: what is copied in is theirs
             self._copy_owner = (NOBODY, NOBODY)
         self._read_only = [os.path.abspath(path) for path in read_only]
