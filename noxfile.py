@@ -282,6 +282,8 @@ def mcp(session: nox.Session, sdk: str) -> None:
 #: The tests that need no container engine: they prove the local executor and the package.
 LOCAL_TESTS = [
     "tests/test_local.py",
+    "tests/test_fork_server.py",  # its differential cases and the stdlib corpus differ by version
+    "tests/test_fork_corpus.py",
     "tests/test_cli.py",
     "tests/test_functions.py",
     "tests/test_markdown.py",

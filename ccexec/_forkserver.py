@@ -56,6 +56,8 @@ import os, sys
 def _zygote(fresh):
     if not getattr(sys.flags, "safe_path", False) and sys.path[:1] == [""]:
         del sys.path[0]  # `-c` put the work dir first: nothing is imported from there here
+    if sys.version_info >= (3, 13):
+        sys.modules.pop("linecache", None)  # imported for `-c`'s source (3.13+): `python FILE` has none
     known = set(sys.modules)
     try:
         import ctypes
@@ -66,15 +68,20 @@ def _zygote(fresh):
         run_file = ctypes.pythonapi.PyRun_SimpleFileExFlags
         run_file.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
         # The block's file is run from a frame that looks to `warnings` as "no frame" does
-        # (module "sys", file "sys", line 1): a warning with a stacklevel one past the module is
-        # attributed and filtered as usual. Compiled here once: a compile in each child costs it
-        # most of a millisecond (it writes to pages the child then has to copy).
+        # (module "sys", file "sys", line 1; 3.13: "<sys>", line 0): a warning with a stacklevel
+        # one past the module is attributed and filtered as usual. Compiled here once: a compile
+        # in each child costs it most of a millisecond (it writes to pages the child then copies).
+        where, line = ("<sys>", 0) if sys.version_info >= (3, 13) else ("sys", 1)
         scope = {"__name__": "sys", "__builtins__": fresh["__builtins__"]}
-        exec(compile("def run(f, *a): return f(*a)", "sys", "exec"), scope)
+        exec(compile("def run(f, *a): return f(*a)", where, "exec"), scope)
         run = scope["run"]
-        run.__code__ = run.__code__.replace(co_name="<module>")
+        run.__code__ = run.__code__.replace(co_name="<module>", co_firstlineno=line)
         tools = [prctl, fopen, run_file, ctypes.get_errno, run]
+        import atexit
         import gc
+
+        # What each block's end calls, taken now: importing them again in every child costs 0.2 ms.
+        tools.append((atexit._run_exitfuncs, gc.collect, gc.get_objects, sys.modules["builtins"]))
 
         # The start's objects out of the collector's reach: a block's collections and its exit
         # then write to none of their headers, so its process copies half as many pages.
@@ -117,7 +124,7 @@ def _zygote(fresh):
 
 
 def _child(zygote, fresh, tools):
-    prctl, fopen, run_file, get_errno, run, start, sizes = tools
+    prctl, fopen, run_file, get_errno, run, ending, start, sizes = tools
     os.close(4)
     # The interpreter's own sys.stdout and sys.stderr, made at its start for fds 1 and 2 (a
     # pipe then as now, never written since): the same objects a block's start would make.
@@ -158,10 +165,10 @@ def _child(zygote, fresh, tools):
         raise SystemExit(2)
     failed = run(run_file, handle, name, 1, None) != 0
     interrupted = failed and getattr(sys, "last_type", None) is KeyboardInterrupt
-    _end(1 if failed and not interrupted else 0, interrupted, start, sizes)
+    _end(1 if failed and not interrupted else 0, interrupted, ending, start, sizes)
 
 
-def _end(code, interrupted, start, sizes):
+def _end(code, interrupted, ending, start, sizes):
     # What the interpreter's finalization does that a block can see, in its order: join the
     # threads, run atexit, flush; take the block's modules out, drop what it added to builtins,
     # collect, clear the namespaces cycles kept alive; free what it hung on the start's modules
@@ -172,12 +179,13 @@ def _end(code, interrupted, start, sizes):
     threading = sys.modules.get("threading")
     if threading is not None and hasattr(threading, "_shutdown"):
         threading._shutdown()
-    import atexit
-    import builtins
-    import gc
-
-    collect, get_objects, exit, kill, getpid = gc.collect, gc.get_objects, os._exit, os.kill, os.getpid
-    atexit._run_exitfuncs()
+    run_exitfuncs, collect, get_objects, builtins = ending
+    exit, kill, getpid = os._exit, os.kill, os.getpid
+    atexit = sys.modules.get("atexit")  # the block's, if anything imported it (before 3.10 it has its own list)
+    try:
+        (run_exitfuncs if atexit is None else atexit._run_exitfuncs)()
+    except BaseException:  # noqa: S110 - before 3.10 it raises the last error again, printed already
+        pass
     code = _flush(code)
     builtin = set(sys.builtin_module_names)  # gc and atexit among them: needed to the end
     mine = [name for name in sys.modules if name == "__main__" or (name not in start and name not in builtin)]
