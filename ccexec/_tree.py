@@ -190,6 +190,8 @@ def shepherd(command_read, out_write, status_write, fork_server=None):
         os.write(status_write, b"%d\n" % status + note.encode("utf-8", "replace")[:2048])
         if not clean:
             os._exit(0)
+        if server is not None:
+            server.reported()
 
 
 def limit_blocks():
