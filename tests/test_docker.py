@@ -798,3 +798,29 @@ def test_supervisor_that_cannot_connect_speaks_on_stdio(
     with make(docker_engine, tmp_path) as executor:
         assert executor.channel == "client"
         assert executor.execute_code_blocks([CodeBlock("print('over stdio')", "python")]).output == "over stdio\n"
+
+
+def test_socket_channel_closes_each_descriptor_once(docker_engine: str, tmp_path: Path) -> None:
+    """After stop(), the client's unused stdio is closed, and its finalizer closes nothing again
+    (descriptors reused since, by pipes of ours here, stay open)."""
+    import gc
+
+    executor = make(docker_engine, tmp_path)
+    executor.start()
+    attached = executor._backend._attached  # type: ignore[union-attr]
+    kept = list(attached._stdio)
+    assert len(kept) == 2
+    executor.stop()
+    assert attached._stdio == []
+    pipes = [os.pipe() for _ in range(8)]  # the lowest free numbers: the ones just closed among them
+    try:
+        reused = {fd for pair in pipes for fd in pair} & set(kept)
+        assert reused
+        del attached, executor
+        gc.collect()
+        for fd in reused:
+            os.fstat(fd)  # EBADF if the finalizer closed it
+    finally:
+        for pair in pipes:
+            for fd in pair:
+                os.close(fd)

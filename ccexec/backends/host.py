@@ -75,11 +75,15 @@ class Attached:
         if keep_stderr:
             threading.Thread(target=self._read_stderr, name=f"ccexec-{name}-stderr", daemon=True).start()
         read_fd, write_fd = to_us[0], to_child[1]
-        self._stdio: tuple[int, ...] = ()  # the client's stdio when the protocol goes over the socket
+        # The client's stdio when the protocol goes over the socket: kept open, unused, until
+        # close(). One list, shared with the finalizer, emptied as it is closed (never twice).
+        self._stdio: list[int] = []
         connection = None if channel is None else _connect(channel, read_fd, write_fd, deadline)
         if connection is not None:
-            self._stdio, read_fd = (read_fd, write_fd), connection.detach()
+            self._stdio += (read_fd, write_fd)
+            read_fd = connection.detach()
             write_fd = os.dup(read_fd)
+        self._over_socket = connection is not None
         self.client = SupervisorClient(name, read_fd, write_fd, lambda: _kill(proc), gone)
         # Dropped without close(): the supervisor sees its channel close and exits.
         weakref.finalize(self, _end, self.client, proc, self._stdio)
@@ -111,12 +115,11 @@ class Attached:
             return False
         finally:
             _close_all(self._stdio)
-            self._stdio = ()
 
     @property
     def over_socket(self) -> bool:
         """Whether the protocol goes over a SocketChannel (not the client's stdio)."""
-        return bool(self._stdio)
+        return self._over_socket
 
 
 def _connect(channel: SocketChannel, read_fd: int, write_fd: int, deadline: float) -> socket.socket | None:
@@ -130,10 +133,11 @@ def _connect(channel: SocketChannel, read_fd: int, write_fd: int, deadline: floa
         channel.close()
 
 
-def _close_all(fds: Sequence[int]) -> None:
-    for fd in fds:
+def _close_all(fds: list[int]) -> None:
+    """Close and forget each descriptor of ``fds`` (a second call closes nothing: the numbers may be reused)."""
+    while fds:
         with contextlib.suppress(OSError):
-            os.close(fd)
+            os.close(fds.pop())
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -141,7 +145,7 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-def _end(client: SupervisorClient, proc: subprocess.Popen[bytes], stdio: Sequence[int]) -> None:
+def _end(client: SupervisorClient, proc: subprocess.Popen[bytes], stdio: list[int]) -> None:
     """Close the channel of an Attached nobody closed, and reap its process (killed if it lingers)."""
     client.close()
     _close_all(stdio)
