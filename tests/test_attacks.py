@@ -1231,9 +1231,9 @@ SCRUB_DODGES = {
 def test_no_scrub_dodge_reaches_the_host(engine: Engine, mode: str, dodge: str, tmp_path: Path) -> None:
     """No way around the end-of-call scrub leaves a setuid file or a device node in the host work dir."""
     work = tmp_path / "work"
-    with container(engine, tmp_path, mode=mode) as executor:
+    with container(engine, tmp_path, mode=mode, timeout=30) as executor:  # 20,000 files take a while when loaded
         for code in SCRUB_DODGES[dodge]:
-            call = run(executor, code + " && echo done", "sh")
+            call = run(executor, code + " && echo done", "sh", timeout=30)
             assert call.error is None
             assert call.truth().output.endswith("done\n"), excerpt(call.truth().output)
             assert flagged_entries(work) == [], listing(f"after {code!r}", flagged_entries(work))
