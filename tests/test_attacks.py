@@ -1375,3 +1375,78 @@ def test_forked_block_holds_no_descriptor_of_the_server(tmp_path: Path) -> None:
             outputs.append(run(executor, FD_PROBE).truth().output)
     assert outputs[0] == outputs[1]
     assert [line.split()[0] for line in outputs[1].splitlines()] == ["0", "1", "2"], outputs[1]
+
+
+# == this session's changes: the socket channel, the pre-forked block process ======================
+
+CHANNEL_PROBE = """
+import os, socket
+tried = []
+for path in ["/run/ccexec-channel/s"] + [line.split()[-1] for line in open("/proc/net/unix").read().splitlines()[1:]
+                                         if line.split()[-1].startswith("/")]:
+    try:
+        probe = socket.socket(socket.AF_UNIX)
+        probe.connect(path)
+        probe.sendall(b"R 99 2\\n{}")
+        tried.append("connected " + path)
+    except OSError:
+        pass
+for fd in (0, 1):
+    try:
+        os.open("/proc/1/fd/%d" % fd, os.O_WRONLY)
+        tried.append("opened /proc/1/fd/%d" % fd)
+    except OSError:
+        pass
+print(tried)
+"""
+
+
+@HARDENED
+def test_channel_socket_out_of_a_blocks_reach(engine: Engine, hardened: bool, tmp_path: Path) -> None:
+    """A block connects to no socket of the channel (mounted path, any listed Unix socket) and opens no
+    descriptor of the supervisor's; a concurrent honest call gets exactly its own result."""
+    token, work = f"honest-{uuid.uuid4().hex}", tmp_path / "work"
+    with container(engine, tmp_path, hardened=hardened) as executor:
+        assert executor.channel == "socket"
+        honest = Call(executor, truthful("b-started", token))
+        wait_for_file(work / "b-started")
+        assert_exact(run(executor, CHANNEL_PROBE), 0, "[]\n")
+        honest.wait(deadline(TIMEOUT))
+        assert token in honest.truth().output
+        assert_exact(run(executor, "print('after')"), 0, "after\n")
+
+
+LIFER = """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(0.3)  # its block has ended by then: from here on, fork server processes are the next block's
+        end = time.monotonic() + 4
+        while time.monotonic() < end:  # kill every fork server process but itself
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    args = open("/proc/%s/cmdline" % pid, "rb").read().split(b"\\0")
+                    if args[1:2] == [b"-c"] and args[2].startswith(b"_fresh") and int(pid) != os.getpid():
+                        os.kill(int(pid), 9)
+                        open("killed", "a", encoding="utf-8").write(pid + "\\n")
+                except (OSError, IndexError, ValueError):
+                    pass
+            time.sleep(0.001)
+    os._exit(0)
+print("left a killer behind")
+"""
+
+
+def test_leftover_cannot_meet_the_next_forked_block(tmp_path: Path) -> None:
+    """A daemon a forked block leaves to kill fork-server processes is dead before the next block's
+    process is forked: the next blocks get exactly their own results, and it killed nothing."""
+    work = tmp_path / "work"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        executor = ccexec.LocalCommandLineCodeExecutor(timeout=TIMEOUT, work_dir=work, fork_server=True)
+    with executor:
+        assert_exact(run(executor, LIFER), 0, "left a killer behind\n")
+        for number in range(5):
+            assert_exact(run(executor, f"print('next-{number}')"), 0, f"next-{number}\n")
+    assert not (work / "killed").exists(), (work / "killed").read_text()
