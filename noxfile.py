@@ -115,6 +115,7 @@ def package(session: nox.Session) -> None:
         "_protocol.py",
         "_tree.py",
         "_workdir.py",
+        "_inotify.py",
         "_scrubber.py",
         "_forkserver.py",
         "_listing.py",

@@ -15,7 +15,7 @@ import posixpath
 import stat
 from typing import IO, Callable, Collection, Protocol, Sequence, Union
 
-from ._listing import changed, now_ns
+from ._changes import Changes
 from ._workdir import open_directory, open_in
 from .errors import CopyTooLargeError, HostPathExistsError, UnsafeFileError, WorkFileNotFoundError, WorkPathError
 
@@ -362,8 +362,11 @@ def host_target(host_dest: str | os.PathLike[str], source: str, overwrite: bool)
 class HostFiles:
     """Files of a work dir on this host's disk (the local executor, or a mounted container's)."""
 
-    def __init__(self, work_dir: str, code_dir: str, owner: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, work_dir: str, code_dir: str, owner: tuple[int, int] | None = None, changes: Changes | None = None
+    ) -> None:
         self._work_dir, self._roots = work_dir, (work_dir, code_dir)
+        self._changes = changes if changes is not None else Changes(work_dir)
         # A container's unprivileged user must own what we put in its mounted work dir.
         self._owner = owner if owner is not None and os.geteuid() == 0 else None
 
@@ -416,13 +419,8 @@ class HostFiles:
 
     def watch(self) -> Callable[[Collection[str]], tuple[list[str], bool]]:
         """Start watching the work dir; the returned function lists what changed since (skipping names given)."""
-        since = now_ns()
-
-        def listing(skip: Collection[str]) -> tuple[list[str], bool]:
-            found, cut = changed(self._work_dir, since, MAX_LISTED, skip)
-            return [name for name, _ in found], cut
-
-        return listing
+        changes, began = self._changes, self._changes.begin()
+        return lambda skip: changes.listing(began, MAX_LISTED, skip)
 
 
 def _destination(relative: str, given: str, source: str) -> tuple[str, str]:

@@ -12,7 +12,7 @@ import time
 
 MYPY = False
 if MYPY:  # for type comments only
-    from typing import Container, List, Set, Tuple  # noqa: F401
+    from typing import Container, List, Optional, Set, Tuple  # noqa: F401
 
 #: CLOCK_REALTIME_COARSE (Linux): the clock the kernel stamps file times with, so a file written
 #: after a reading of it is never older than that reading (time.time_ns() may run a tick ahead).
@@ -50,21 +50,24 @@ def _remember(name):
     return True
 
 
-def changed(root, since_ns, limit, skip=(), youngest=False):
-    # type: (str, int, int, Container[str], bool) -> Tuple[List[Tuple[str, int]], bool]
+def changed(root, since_ns, limit, skip=(), *, youngest=False, seen=None):
+    # type: (str, int, int, Container[str], bool, Optional[List[int]]) -> Tuple[List[Tuple[str, int]], bool]
     """Return ``([(relative name, change time), ...], cut)`` for files and links under ``root``
     changed (modified, created, renamed or chmod-ed: the later of mtime and ctime) at or after
     ``since_ns``, sorted by name, at most ``limit`` (with ``youngest``, the ``limit`` most
     recently changed); ``cut`` says more were found. Names in ``skip`` are left out, and so are
     generated code files, without a look at them (calls keep theirs: the work dir fills up with
-    them); directories are walked, not listed."""
+    them); directories are walked, not listed. ``seen``, when given, gets the number of entries read."""
     found = []  # type: List[Tuple[str, int]]
     top = os.open(root, _DIR_FLAGS)
     stack = [("", top)]
     while stack:
         prefix, fd = stack.pop()
         try:
-            for entry in os.listdir(fd):  # names only: a work dir of kept code files lists fast
+            names = os.listdir(fd)  # names only: a work dir of kept code files lists fast
+            if seen is not None:
+                seen.append(len(names))
+            for entry in names:
                 if entry in _SEEN or (entry.startswith("tmp_code_") and _remember(entry)):
                     continue
                 name = prefix + entry

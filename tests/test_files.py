@@ -351,6 +351,118 @@ def test_result_files_are_capped(executor: Executor) -> None:
     assert result.files_truncated is True
 
 
+# -- result.files from inotify, once the work dir is large -----------------------------------------
+
+#: The configurations whose work dir is on this host's disk (listed here, so watched once large).
+HOST_LISTED = [param for param in CONFIGS if param.id in ("local", "docker-mount", "podman-mount", "sandbox")]
+
+
+@pytest.fixture
+def watched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Watch every work dir after its first listing (not after 2,000 entries)."""
+    monkeypatch.setattr("ccexec._changes.WATCH_FROM", 0)
+
+
+def watching(executor: Executor) -> bool:
+    backend = executor._backend
+    changes = getattr(backend, "_changes", None)
+    return changes is not None and changes._tree is not None
+
+
+@pytest.mark.parametrize("executor", HOST_LISTED, indirect=True)
+def test_a_watched_work_dir_lists_what_a_walk_would(executor: Executor, watched: None) -> None:
+    """From events: writes, chmods, renames, links, new folders, code files left out; a call that
+    moves a folder (the watches are stale) is listed by a walk, and the next ones from events again."""
+    run(executor, "mkdir -p keep; for f in untouched changed mode moved; do echo 1 > keep/$f; done")
+    assert watching(executor)
+    code = (
+        "echo 2 >> keep/changed; chmod 600 keep/mode; mv keep/moved keep/renamed; mkdir -p 'new/a b'; "
+        "echo > 'new/a b/deep'; ln -s deep 'new/a b/link'; touch tmp_code_x.py"
+    )
+    assert run(executor, code).files == (
+        "keep/changed", "keep/mode", "keep/renamed", "new/a b/deep", "new/a b/link", "tmp_code_x.py"
+    )  # fmt: skip
+    assert run(executor, "cat keep/changed").files == ()
+    time.sleep(0.2)  # a walk may count a change a few ms before the call as the call's
+    assert run(executor, "mkdir t; echo > t/f; mv t u; echo > keep/changed").files == ("keep/changed", "u/f")
+    assert run(executor, "echo > u/g; rm keep/renamed").files == ("u/g",)
+    assert watching(executor)
+
+
+@pytest.mark.parametrize("executor", HOST_LISTED[:2], indirect=True)
+def test_a_watched_work_dir_lists_through_an_overflow(executor: Executor, watched: None) -> None:
+    """More events than the kernel queues (writes to two files in turn, 20,000 of them): listed by a walk."""
+    run(executor, "echo > a")
+    assert watching(executor)
+    time.sleep(0.2)  # this call is listed by a walk, which may count a change a few ms before it as its
+    code = "f = open('a', 'w'), open('b', 'w')\nfor i in range(20000):\n    f[i % 2].write('x'); f[i % 2].flush()"
+    assert run(executor, code, "python").files == ("a", "b")
+    assert run(executor, "echo > c").files == ("c",)
+    assert watching(executor)
+
+
+def test_concurrent_calls_each_list_their_window(tmp_path: Path, watched: None) -> None:
+    """Calls at once on one executor: each lists what changed while it ran, its own files among them."""
+    import threading
+
+    executor = LocalCommandLineCodeExecutor(work_dir=tmp_path, timeout=20)
+    run(executor, "echo > first")
+    assert watching(executor)
+    results: dict[int, tuple[str, ...]] = {}
+
+    def call(index: int) -> None:
+        code = f"import time\nfor i in range(5):\n    open('w{index}-%d' % i, 'w').close(); time.sleep(0.01)"
+        results[index] = run(executor, code, "python").files
+
+    threads = [threading.Thread(target=call, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, files in results.items():
+        assert {f"w{index}-{i}" for i in range(5)} <= set(files)
+    assert run(executor, "echo > last").files == ("last",)
+    executor.stop()
+
+
+def test_a_work_dir_made_anew_is_watched_anew(tmp_path: Path, watched: None) -> None:
+    """The work dir removed and made again between a call's start and its listing: listed by a walk, then watched."""
+    from ccexec._changes import Changes
+
+    work = tmp_path / "work"
+    work.mkdir()
+    changes = Changes(str(work))
+    assert changes.listing(changes.begin(), 10, ()) == ([], False)
+    began = changes.begin()
+    (work / "old").touch()
+    os.rename(work, tmp_path / "gone")
+    work.mkdir()
+    (work / "x").touch()
+    assert changes.listing(began, 10, ()) == (["x"], False)
+    began = changes.begin()
+    (work / "y").touch()
+    assert changes.listing(began, 10, ()) == (["y"], False)
+    assert changes._tree is not None
+    changes.close()
+
+
+def test_a_work_dir_is_watched_once_large(tmp_path: Path) -> None:
+    """Small work dirs are walked; past WATCH_FROM entries the next calls list from events, still exactly."""
+    from ccexec._changes import WATCH_FROM
+
+    executor = LocalCommandLineCodeExecutor(work_dir=tmp_path, timeout=20)
+    run(executor, "echo > small")
+    assert not watching(executor)
+    for index in range(WATCH_FROM):
+        (tmp_path / f"f{index}").touch()
+    time.sleep(0.05)
+    run(executor, "echo > big")
+    assert watching(executor)
+    assert run(executor, "echo >> f7; echo > new").files == ("f7", "new")
+    executor.stop()
+    assert not watching(executor)
+
+
 # -- archives from the engine: every member checked (no engine needed) ----------------------------
 
 

@@ -121,7 +121,7 @@ class DockerBackend(SupervisedBackend):
     @property
     def files(self) -> Files:
         """On the host's disk when mounted, else through ``docker cp`` and the supervisor."""
-        return files_of(self._cli, self._spec, self._run_python)
+        return files_of(self._cli, self._spec, self._run_python, self._host_changes)
 
     def _run_python(self, args: list[str]) -> bytes:
         """Run the image's Python with ``args`` through the supervisor; return its output."""

@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Generator, Sequence
 
 from .._capture import OutputCapture
+from .._changes import Changes
 from .._client import Cancel
 from .._protocol import KILL_WAIT_LIMIT, TERM_GRACE, BlockEnd, RunRequest
 from ..errors import ContainerGoneError, DockerError
@@ -88,6 +89,7 @@ class ExecBackend:
         self._gone = False  # the container was found gone: not alive, whatever the main client says yet
         self._python: str | None = None
         self._serial = threading.Lock()  # one block at a time: a block's end kills all but PID 1
+        self._changes: Changes | None = None  # of a mounted work dir, once listed
 
     @property
     def alive(self) -> bool:
@@ -207,7 +209,7 @@ class ExecBackend:
     @property
     def files(self) -> Files:
         """On the host's disk when mounted, else through ``docker cp`` and one ``docker exec``."""
-        return files_of(self._cli, self._spec, self._run_python)
+        return files_of(self._cli, self._spec, self._run_python, self._host_changes)
 
     def _run_python(self, args: list[str]) -> bytes:
         """Run the image's Python with ``args`` (between blocks: a block's end kills every process)."""
@@ -224,8 +226,15 @@ class ExecBackend:
     def code_dir(self) -> str:
         return WORKSPACE
 
+    def _host_changes(self, work_dir: str) -> Changes:
+        if self._changes is None:
+            self._changes = Changes(work_dir)
+        return self._changes
+
     def stop(self) -> None:
         """End the main process (so the container) when it is ours."""
+        if self._changes is not None:
+            self._changes.close()
         main, self._main, self._started = self._main, None, False
         if main is None:
             return

@@ -22,6 +22,7 @@ import time
 from typing import IO, Callable, Collection, cast
 
 from .._capture import OutputCapture
+from .._changes import Changes
 from .._files import (
     MAX_LISTED,
     HostFiles,
@@ -62,10 +63,13 @@ def listing_source() -> str:
     return _LISTING_SOURCE
 
 
-def files_of(cli: DockerCLI, spec: ContainerSpec, run_python: RunPython) -> HostFiles | DockerFiles:
-    """A container's files: on this host's disk when its work dir is mounted, else through the engine."""
+def files_of(
+    cli: DockerCLI, spec: ContainerSpec, run_python: RunPython, changes: Callable[[str], Changes]
+) -> HostFiles | DockerFiles:
+    """A container's files: on this host's disk when its work dir is mounted (``changes`` gives its
+    change log), else through the engine."""
     if spec.mount is not None:
-        return HostFiles(spec.host_work_dir, WORKSPACE, owner=spec.owner)
+        return HostFiles(spec.host_work_dir, WORKSPACE, spec.owner, changes(spec.host_work_dir))
     return DockerFiles(cli, spec, run_python)
 
 

@@ -18,6 +18,7 @@ from .._protocol import END_GRACE, BlockEnd, RunRequest
 from ..errors import SupervisorGoneError
 
 if TYPE_CHECKING:
+    from .._changes import Changes
     from .._files import HostFiles
     from .channel import SocketChannel
 
@@ -28,10 +29,22 @@ START_DEADLINE = 30.0
 STDERR_KEPT = 1 << 16
 
 
+#: The supervisor's modules, in the order a script of them all defines their names.
+SUPERVISOR_MODULES = (
+    "_protocol.py",
+    "_workdir.py",
+    "_inotify.py",
+    "_scrubber.py",
+    "_tree.py",
+    "_forkserver.py",
+    "_supervisor.py",
+)
+
+
 def supervisor_source() -> str:
     """The protocol and supervisor modules as one script, for ``python -c`` (here or in a container)."""
     parts = []
-    for name in ("_protocol.py", "_workdir.py", "_scrubber.py", "_tree.py", "_forkserver.py", "_supervisor.py"):
+    for name in SUPERVISOR_MODULES:
         with open(os.path.join(_PACKAGE, name), encoding="utf-8") as handle:
             parts.append(handle.read())
     return "\n".join(parts)
@@ -162,6 +175,7 @@ class SupervisedBackend:
     def __init__(self) -> None:
         self._attached: Attached | None = None
         self._lock = threading.Lock()
+        self._changes: Changes | None = None  # of a work dir on this host's disk, once listed
 
     @property
     def alive(self) -> bool:
@@ -179,6 +193,16 @@ class SupervisedBackend:
     def stop(self) -> None:
         with self._lock:
             self._release()
+            if self._changes is not None:
+                self._changes.close()
+
+    def _host_changes(self, work_dir: str) -> Changes:
+        """The change log of the work dir (on this host's disk), kept from call to call."""
+        if self._changes is None:
+            from .._changes import Changes
+
+            self._changes = Changes(work_dir)
+        return self._changes
 
     def _release(self) -> None:
         raise NotImplementedError
@@ -225,7 +249,7 @@ class HostBackend(SupervisedBackend):
     def files(self) -> HostFiles:
         from .._files import HostFiles
 
-        return HostFiles(self._work_dir, self._work_dir, self._copy_owner)
+        return HostFiles(self._work_dir, self._work_dir, self._copy_owner, self._host_changes(self._work_dir))
 
     def code_file(self, relative: str) -> str:
         return os.path.join(self._work_dir, relative)
