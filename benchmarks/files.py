@@ -7,8 +7,9 @@ host folder; plain ``docker cp HOST CTR:/workspace/...`` then ``docker cp CTR:..
 same data into the same container is the floor. Rounds interleave (A, B, A, B...), each writes
 a new host folder, removed after the round's timing.
 Listing: a trivial block in a work dir holding 10,000 files, with ``list_files`` on and off
-(local executor; Docker mounted, where the host walks; Docker without a mount, where the
-container does), and the bare host walk (``_listing.changed``).
+(local executor; Docker mounted, where the host lists; Docker without a mount, where the
+container walks), the bare host walk (``_listing.changed``) and the host's listing from
+inotify events (``_changes.Changes``, which a work dir that large gets).
 
     python3 benchmarks/files.py     # needs the engine and the test image
 """
@@ -139,12 +140,13 @@ def _fill(folder: Path) -> None:
 def listing_section(tmp: Path) -> Section:
     """Per-call cost of result.files with 10,000 files in the work dir."""
     import ccexec
+    from ccexec._changes import Changes
     from ccexec._listing import changed
 
     rows = []
     setups: list[tuple[str, Callable[[Path], Any]]] = [
         ("local", lambda work: ccexec.LocalCommandLineCodeExecutor(work_dir=work)),
-        ("Docker, mounted (host walks)", lambda work: ccexec.DockerCommandLineCodeExecutor(
+        ("Docker, mounted (host lists)", lambda work: ccexec.DockerCommandLineCodeExecutor(
             IMAGE, container_name("list"), work_dir=work)),
         ("Docker, no mount (container walks)", lambda work: ccexec.DockerCommandLineCodeExecutor(
             IMAGE, container_name("list"), work_dir=work, mount_work_dir=False)),
@@ -172,6 +174,18 @@ def listing_section(tmp: Path) -> Section:
         changed(str(walk), time.time_ns(), 1000)
         series.samples.append(time.perf_counter() - started)
     rows.append(["bare host walk (`_listing.changed`)", "", series.cell(), f"{series.median * 1000:.1f}"])
+    changes, series = Changes(str(walk)), Series()
+    changes.listing(changes.begin(), 1000, ())  # a walk, then watched
+    for index in range(scaled(LIST_ROUNDS)):
+        started = time.perf_counter()
+        began = changes.begin()
+        (walk / "new.txt").write_text(str(index))
+        assert changes.listing(began, 1000, ()) == (["new.txt"], False)
+        series.samples.append(time.perf_counter() - started)
+    changes.close()
+    rows.append(
+        ["bare host listing from events (`_changes.Changes`)", "", series.cell(), f"{series.median * 1000:.2f}"]
+    )
     table = md_table(["10,000 files in the work dir", "call, list_files off, ms", "call, list_files on, ms",
                       "listing cost per call, ms"], rows)  # fmt: skip
     return Section("Listing result.files", table, ["Each call runs `echo 1 > new.txt` (sh)."])
