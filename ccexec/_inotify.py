@@ -16,7 +16,7 @@ except ImportError:  # shipped as text after _workdir's: its names are defined a
 
 MYPY = False
 if MYPY:  # for type comments only
-    from typing import Any, Callable, Dict, List, Optional, Tuple  # noqa: F401
+    from typing import Any, Callable, Dict, List, Optional, Set, Tuple  # noqa: F401
 
 IN_MODIFY, IN_ATTRIB, IN_MOVED_FROM, IN_MOVED_TO = 0x2, 0x4, 0x40, 0x80
 IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x800
@@ -39,6 +39,7 @@ class Tree:
         self.mask = mask | IN_MOVED_FROM | IN_MOVED_TO | IN_MOVE_SELF | IN_DELETE_SELF | _IN_ONLYDIR
         self.fd = -1
         self.paths = {}  # type: Dict[int, str]  # watch descriptor -> directory, relative ("" the root)
+        self.watched = set()  # type: Set[str]  # the paths' values
         self.init = self.add = None  # type: Any  # libc's inotify_init1 and inotify_add_watch
         try:
             import ctypes
@@ -60,7 +61,7 @@ class Tree:
         # type: () -> None
         if self.fd >= 0:
             os.close(self.fd)
-        self.fd, self.paths = -1, {}
+        self.fd, self.paths, self.watched = -1, {}, set()
 
     def walk(self, top, visit):
         # type: (str, Callable[[int, str, str], int]) -> int
@@ -105,12 +106,14 @@ class Tree:
             self.add = None
             return
         self.paths[wd] = path
+        self.watched.add(path)
 
     def changes(self):
         # type: () -> Optional[Tuple[List[str], List[str], int]]
-        """``(entries, new directories, the events' masks or-ed)`` for what the queued events name
-        (entries: made, linked, moved in, written or chmod-ed; relative paths); None when they may
-        not name everything: no instance, the queue overflowed, a directory moved, the top went away."""
+        """``(entries, directories to walk, the entries' event masks or-ed)`` for what the queued
+        events name (entries: made, linked, moved in, written or chmod-ed; directories: new, or
+        chmod-ed while not watched; relative paths); None when they may not name everything: no
+        instance, the queue overflowed, a directory moved, the top went away."""
         if self.fd < 0:
             return None
         entries, directories, seen = [], [], 0  # type: List[str], List[str], int
@@ -119,14 +122,15 @@ class Tree:
             if mask & _IN_Q_OVERFLOW or moved or (mask & IN_DELETE_SELF and self.paths.get(wd) == ""):
                 return None
             if mask & _IN_IGNORED:
-                self.paths.pop(wd, None)
+                if wd in self.paths:
+                    self.watched.discard(self.paths.pop(wd))
                 continue
             base = self.paths.get(wd)
             if base is None or not name:
                 continue  # a directory gone since, or an event about the directory itself
             path = base + "/" + name if base else name
-            if mask & _IN_ISDIR:
-                if mask & IN_CREATE:
+            if mask & _IN_ISDIR:  # new, or chmod-ed and not watched yet (it could not be opened)
+                if mask & IN_CREATE or (mask & IN_ATTRIB and path not in self.watched):
                     directories.append(path)
                 continue
             seen |= mask

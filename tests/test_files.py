@@ -431,6 +431,37 @@ def test_concurrent_calls_each_list_their_window(tmp_path: Path, watched: None) 
     executor.stop()
 
 
+def test_a_folder_not_opened_at_first_is_watched_once_chmod_ed(tmp_path: Path, watched: None) -> None:
+    """A folder the host cannot open when it appears (another user's, mode 0700: here the open
+    fails as if so) and later opened to all: what is in it is listed from then on."""
+    from ccexec import _inotify
+    from ccexec._changes import Changes
+
+    work = tmp_path / "work"
+    work.mkdir()
+    changes = Changes(str(work))
+    changes.listing(changes.begin(), 10, ())
+    began = changes.begin()
+    real_open = os.open
+
+    def refuse_closed(path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if path == "closed":
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    (work / "closed").mkdir(mode=0o700)
+    (work / "closed" / "early").touch()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_inotify.os, "open", refuse_closed)
+        assert changes.listing(began, 10, ()) == ([], False)  # as a walk: it cannot be opened
+    time.sleep(0.05)  # a walk (of the folder, now) may count a change a few ms before the call as the call's
+    began = changes.begin()
+    os.chmod(work / "closed", 0o755)
+    (work / "closed" / "late").touch()
+    assert changes.listing(began, 10, ()) == (["closed/late"], False)
+    changes.close()
+
+
 def test_a_change_through_a_memory_map_is_listed_only_by_a_walk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
