@@ -434,7 +434,6 @@ def test_concurrent_calls_each_list_their_window(tmp_path: Path, watched: None) 
 def test_a_folder_not_opened_at_first_is_watched_once_chmod_ed(tmp_path: Path, watched: None) -> None:
     """A folder the host cannot open when it appears (another user's, mode 0700: here the open
     fails as if so) and later opened to all: what is in it is listed from then on."""
-    from ccexec import _inotify
     from ccexec._changes import Changes
 
     work = tmp_path / "work"
@@ -452,7 +451,7 @@ def test_a_folder_not_opened_at_first_is_watched_once_chmod_ed(tmp_path: Path, w
     (work / "closed").mkdir(mode=0o700)
     (work / "closed" / "early").touch()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_inotify.os, "open", refuse_closed)
+        patch.setattr(os, "open", refuse_closed)  # the one _inotify calls
         assert changes.listing(began, 10, ()) == ([], False)  # as a walk: it cannot be opened
     time.sleep(0.05)  # a walk (of the folder, now) may count a change a few ms before the call as the call's
     began = changes.begin()
