@@ -76,12 +76,12 @@ def _zygote(fresh):
         exec(compile("def run(f, *a): return f(*a)", where, "exec"), scope)
         run = scope["run"]
         run.__code__ = run.__code__.replace(co_name="<module>", co_firstlineno=line)
-        tools = [prctl, fopen, run_file, ctypes.get_errno, run]
+        get_errno = ctypes.get_errno
         import atexit
         import gc
 
         # What each block's end calls, taken now: importing them again in every child costs 0.2 ms.
-        tools.append((atexit._run_exitfuncs, gc.collect, gc.get_objects, sys.modules["builtins"]))
+        ending = (atexit._run_exitfuncs, gc.collect, gc.get_objects, sys.modules["builtins"])
 
         # The start's objects out of the collector's reach: a block's collections and its exit
         # then write to none of their headers, so its process copies half as many pages.
@@ -90,11 +90,12 @@ def _zygote(fresh):
         for name in set(sys.modules) - known:
             del sys.modules[name]
     # The start's modules, which a block's end leaves as they are but for what the block added.
-    tools.append(set(sys.modules))
-    tools.append([(vars(module), len(vars(module))) for module in sys.modules.values() if hasattr(module, "__dict__")])
+    start = set(sys.modules)
+    sizes = [(vars(module), len(vars(module))) for module in sys.modules.values() if hasattr(module, "__dict__")]
+    tools = (prctl, fopen, run_file, get_errno, run, ending, start, sizes)
     # PR_SET_DUMPABLE 0: a block, our child, cannot ptrace us nor open our fds. PR_SET_PDEATHSIG.
     if prctl(4, 0, 0, 0, 0) != 0 or prctl(1, 9, 0, 0, 0) != 0:
-        raise SystemExit("ccexec fork server: prctl failed (errno %d)" % ctypes.get_errno())
+        raise SystemExit("ccexec fork server: prctl failed (errno %d)" % get_errno())
     sys.stdout.flush()
     sys.stderr.flush()
     os.write(4, b"ready\n")
@@ -137,14 +138,16 @@ def _child(zygote, fresh, tools):
     prctl(1, 9, 0, 0, 0)
     if os.getppid() != zygote:
         os._exit(0)
-    pending = b""
-    while b"\n" not in pending or len(pending.split(b"\n", 1)[1]) < int(pending.split(b"\n", 1)[0]):
+    pending, size = b"", -1  # the path comes as its length, a newline, then its bytes
+    while size < 0 or len(pending) < size:
         chunk = os.read(3, 65536)
         if not chunk:
             os._exit(0)  # the shepherd is done with us
         pending += chunk
-    size, pending = pending.split(b"\n", 1)
-    path = os.fsdecode(pending[: int(size)])
+        if size < 0 and b"\n" in pending:
+            head, pending = pending.split(b"\n", 1)
+            size = int(head)
+    path = os.fsdecode(pending[:size])
     os.close(3)
     prctl(1, 0, 0, 0, 0)  # the block outlives a zygote it kills, as any process would
     prctl(4, 1, 0, 0, 0)  # dumpable again, as any process is after execve
