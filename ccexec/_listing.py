@@ -1,13 +1,13 @@
 """Which files under the work dir changed since a moment: one ``scandir`` walk, nothing read.
 
-Used on the host, and shipped into containers as text (run as ``python -I -S -c SOURCE``), so
-Python 3.8+, standard library only, type comments. The walk opens each directory relative to
-its parent with O_NOFOLLOW: a symlink is listed as an entry, never entered.
+Used on the host, and shipped into containers as text (part of the supervisor, or run as
+``python -I -S -c SOURCE``), so Python 3.8+, standard library only, type comments. The walk
+opens each directory relative to its parent with O_NOFOLLOW: a symlink is listed as an entry,
+never entered.
 """
 
 import json
 import os
-import sys
 import time
 
 MYPY = False
@@ -92,16 +92,15 @@ def changed(root, since_ns, limit, skip=(), *, youngest=False, seen=None):
     return found[:limit], len(found) > limit
 
 
-def main():
-    # type: () -> None
-    """In a container: argv is WINDOW_NS LIMIT SKIP_JSON; print the LIMIT files changed most
-    recently within the last WINDOW_NS nanoseconds of the container's clock as JSON, each with
-    its age (the host, whose clock may differ, decides with the ages)."""
-    window, limit, skip = int(sys.argv[1]), int(sys.argv[2]), set(json.loads(sys.argv[3]))
+def report(args):
+    # type: (List[str]) -> None
+    """In a container: ``args`` are WINDOW_NS LIMIT SKIP_JSON; write the LIMIT files changed most
+    recently within the last WINDOW_NS nanoseconds of the container's clock to stdout as JSON,
+    each with its age (the host, whose clock may differ, decides with the ages). Run by the
+    supervisor's shepherd in a forked process, or as ``python -c SOURCE + "report(sys.argv[1:])"``."""
+    window, limit, skip = int(args[0]), int(args[1]), set(json.loads(args[2]))
     now = now_ns()
     files, cut = changed(".", now - window, limit, skip, youngest=True)
-    sys.stdout.write(json.dumps({"files": [[name, now - stamp] for name, stamp in files], "cut": cut}))
-
-
-if __name__ == "__main__":
-    main()
+    data = memoryview(json.dumps({"files": [[name, now - stamp] for name, stamp in files], "cut": cut}).encode())
+    while data:
+        data = data[os.write(1, data) :]

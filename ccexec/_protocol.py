@@ -163,12 +163,18 @@ class Hello(_Message):
         return cls(data["protocol"], data["python"], data["guards"])
 
 
+#: The ``argv[0]`` that lists the work dir's changes instead of running a program (see RunRequest).
+LISTING = "{listing}"
+
+
 class RunRequest(_Message):
     """Run one block: write ``code`` to ``path`` (relative to the work dir) if given, run ``argv``.
 
     ``argv`` may hold the placeholders ``{file}`` (the written file) and ``{python}`` (the
-    supervisor's interpreter). ``env`` is the block's whole environment when ``clear_env``,
-    else overrides of the supervisor's. ``after``: run only if that block succeeded.
+    supervisor's interpreter); ``["{listing}", ARGS...]`` runs no program: a process forked
+    from the shepherd writes ``_listing.report(ARGS)`` as the block's output. ``env`` is the
+    block's whole environment when ``clear_env``, else overrides of the supervisor's.
+    ``after``: run only if that block succeeded.
     ``cleanup``: delete the file once the block has ended, before its end is reported.
     ``fork_server``: when > 0 and ``argv`` is ``["{python}", "{file}"]``, fork the block from
     a started interpreter, which is replaced after that many blocks (0: spawn as usual).

@@ -20,8 +20,9 @@ else:
     except ImportError:  # pragma: no cover - CPython always has it
         import signal
 try:  # imported from ccexec on the host
-    from ._protocol import KILL_WAIT_LIMIT, BlockEnd, RunRequest  # noqa: F401 - RunRequest in type comments
-except ImportError:  # shipped as text after _protocol's: its names are defined already
+    from ._listing import report
+    from ._protocol import KILL_WAIT_LIMIT, LISTING, BlockEnd, RunRequest  # noqa: F401 - RunRequest in type comments
+except ImportError:  # shipped as text after _protocol's and _listing's: their names are defined already
     pass
 
 PR_SET_PDEATHSIG = 1
@@ -185,7 +186,10 @@ def shepherd(command_read, out_write, status_write, fork_server=None):
         if fork and fork_server is not None:
             server = server or fork_server(out_write)
             status, clean, note = server.run(argv, env, fork)
-        else:  # a zygote of ours lives on: it is no leftover
+        elif argv[0] == LISTING:  # a zygote of ours lives on: it is no leftover
+            close = (command_read, status_write)
+            status, clean = run_listing(argv[1:], out_write, close, None if server is None else server.settle)
+        else:
             status, clean = run_leader(argv, env, out_write, None if server is None else server.settle)
         os.write(status_write, b"%d\n" % status + note.encode("utf-8", "replace")[:2048])
         if not clean:
@@ -246,6 +250,34 @@ def run_leader(argv, env, out_write, settle=None):
         message = "ccexec: cannot start %r: %s\n" % (argv[0], exc.strerror or exc)
         os.write(out_write, message.encode("utf-8", "replace"))
         return 127 << 8, True
+    return ended(leader, settle)
+
+
+def run_listing(args, out_write, close, settle=None):
+    # type: (List[str], int, Tuple[int, ...], Optional[Callable[[], bool]]) -> Tuple[int, bool]
+    """Write ``_listing.report(args)`` to ``out_write`` from a forked process (no interpreter to
+    start: it is this one); return as ``run_leader`` does."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child never returns
+        code = 1
+        try:
+            os.setsid()
+            for fd in close:
+                os.close(fd)
+            os.dup2(out_write, 1)
+            os.dup2(out_write, 2)
+            report(args)
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - said on its output, as a program would
+            os.write(2, ("ccexec: listing failed: %r\n" % (exc,)).encode("utf-8", "replace"))
+        finally:
+            os._exit(code)
+    return ended(pid, settle)
+
+
+def ended(leader, settle):
+    # type: (int, Optional[Callable[[], bool]]) -> Tuple[int, bool]
+    """Wait for the block's first process; return its wait status and whether nothing of it survived."""
     _, status = os.waitpid(leader, 0)
     if settle is not None:
         return status, settle()

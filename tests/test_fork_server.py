@@ -513,3 +513,21 @@ def test_no_zygote_left_after_stop(tmp_path: Path) -> None:
     assert (
         not os.path.exists(f"/proc/{zygote}/cmdline") or b"_zygote" not in Path(f"/proc/{zygote}/cmdline").read_bytes()
     )
+
+
+def test_docker_listing_in_the_container_keeps_the_server(docker_engine: str, tmp_path: Path) -> None:
+    """Without a mount the supervisor lists each call's files in a process forked from the shepherd
+    that ran the block: the files are listed, and that shepherd's started server is no leftover."""
+    name = f"ccexec-test-fork-{uuid.uuid4().hex[:10]}"
+    with ccexec.DockerCommandLineCodeExecutor(
+        docker_engine, name, work_dir=tmp_path, timeout=30, fork_server=True, mount_work_dir=False
+    ) as ex:
+        pids = []
+        for index in range(3):
+            code = f"import os\nopen('out{index}.txt', 'w').close()\nprint(os.getppid())"
+            result = ex.execute_code_blocks([CodeBlock(code, "python")])
+            assert (result.exit_code, result.files) == (0, (f"out{index}.txt",)), result.output
+            pids.append(result.output)
+            time.sleep(0.2)  # a walk may count a change a few ms before the call as the call's
+        assert len(set(pids)) == 1  # forked by one zygote each time: never started again
+        assert int(ex.execute_code_blocks([CodeBlock(ZYGOTES, "python")]).output) == 1

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from .._capture import OutputCapture
 from .._client import Cancel
-from .._protocol import END_GRACE, RunRequest
+from .._protocol import END_GRACE, LISTING, RunRequest
 from ..errors import ContainerGoneError, DockerError, DockerTimeoutError
 from . import WORKSPACE, docker_cli
 from .channel import SocketChannel
@@ -121,12 +121,12 @@ class DockerBackend(SupervisedBackend):
     @property
     def files(self) -> Files:
         """On the host's disk when mounted, else through ``docker cp`` and the supervisor."""
-        return files_of(self._cli, self._spec, self._run_python, self._host_changes)
+        return files_of(self._cli, self._spec, self._run_listing, self._host_changes)
 
-    def _run_python(self, args: list[str]) -> bytes:
-        """Run the image's Python with ``args`` through the supervisor; return its output."""
+    def _run_listing(self, args: list[str]) -> bytes:
+        """List the work dir's changes through the supervisor (``_listing.report``); return its output."""
         capture = OutputCapture(LISTING_CAP)
-        ends = self.run([RunRequest(0, ["{python}", *args], docker_cli.CLI_DEADLINE, {})], [capture], Cancel())
+        ends = self.run([RunRequest(0, [LISTING, *args], docker_cli.CLI_DEADLINE, {})], [capture], Cancel())
         end = next(ends)
         ends.close()
         return checked_output(end.exit_code, capture, self._spec.name)

@@ -29,7 +29,7 @@ from .._protocol import KILL_WAIT_LIMIT, TERM_GRACE, BlockEnd, RunRequest
 from ..errors import ContainerGoneError, DockerError
 from . import WORKSPACE
 from .docker_cli import CLI_DEADLINE, RUN_DEADLINE, ContainerSpec, DockerCLI, wait_exit
-from .docker_files import files_of
+from .docker_files import files_of, listing_source
 
 if TYPE_CHECKING:
     from . import Files
@@ -209,15 +209,17 @@ class ExecBackend:
     @property
     def files(self) -> Files:
         """On the host's disk when mounted, else through ``docker cp`` and one ``docker exec``."""
-        return files_of(self._cli, self._spec, self._run_python, self._host_changes)
+        return files_of(self._cli, self._spec, self._run_listing, self._host_changes)
 
-    def _run_python(self, args: list[str]) -> bytes:
-        """Run the image's Python with ``args`` (between blocks: a block's end kills every process)."""
+    def _run_listing(self, args: list[str]) -> bytes:
+        """List the work dir's changes with the image's Python (between blocks: a block's end kills
+        every process); return its output."""
         with self._serial:
             python = self._find_python()
             if python == NO_PYTHON:
                 return b'{"files": [], "cut": false}'  # an image with only sh: nothing to list with
-            done = self._cli.run(*self._cli.exec_args(self._spec.name, python, *args), check=True)
+            argv = self._cli.exec_args(self._spec.name, python, "-I", "-S", "-c", listing_source(), *args)
+            done = self._cli.run(*argv, check=True)
         return done.stdout
 
     def code_file(self, relative: str) -> str:

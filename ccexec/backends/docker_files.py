@@ -5,7 +5,8 @@ path; ``docker cp CONTAINER:/workspace/PATH -`` writes one that we check and ext
 member with ``_files.Writer`` (names, kinds, links, the byte budget), never with
 ``tarfile.extractall``. Both stream through the engine's API, so they work over SSH and with
 Podman, and cost one CLI call each. The files a call changed are listed by ``_listing.py``
-run in the container (through the supervisor, or one ``docker exec`` in exec mode).
+in the container: by the supervisor (in a process forked from a shepherd), or by the image's
+Python in one ``docker exec`` in exec mode.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from ..errors import DockerError, UnsafeFileError, WorkFileNotFoundError
 from . import WORKSPACE
 from .docker_cli import CLI_DEADLINE, ContainerSpec, DockerCLI, wait_exit
 
-#: Runs ``argv`` (arguments of the image's Python) in the container; returns its stdout.
-RunPython = Callable[[list[str]], bytes]
+#: Runs ``_listing.report`` in the container with the arguments given; returns its stdout.
+RunListing = Callable[[list[str]], bytes]
 #: Nanoseconds a file time may lag the wall clock (one tick of the kernel's coarse clock at HZ=100).
 TICK_NS = 10_000_000
 #: Seconds before the listing's own start that the container is asked about (the host then keeps
@@ -54,23 +55,23 @@ _LISTING_SOURCE: str | None = None
 
 
 def listing_source() -> str:
-    """``_listing.py`` as one script, for ``python -c`` in a container."""
+    """``_listing.py`` as one script that reports, for ``python -c SOURCE ARGS...`` in a container."""
     global _LISTING_SOURCE
     if _LISTING_SOURCE is None:
         path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_listing.py")
         with open(path, encoding="utf-8") as handle:
-            _LISTING_SOURCE = handle.read()
+            _LISTING_SOURCE = handle.read() + "\nimport sys\n\nreport(sys.argv[1:])\n"
     return _LISTING_SOURCE
 
 
 def files_of(
-    cli: DockerCLI, spec: ContainerSpec, run_python: RunPython, changes: Callable[[str], Changes]
+    cli: DockerCLI, spec: ContainerSpec, run_listing: RunListing, changes: Callable[[str], Changes]
 ) -> HostFiles | DockerFiles:
     """A container's files: on this host's disk when its work dir is mounted (``changes`` gives its
-    change log), else through the engine."""
+    change log), else through the engine (``run_listing`` lists in the container)."""
     if spec.mount is not None:
         return HostFiles(spec.host_work_dir, WORKSPACE, spec.owner, changes(spec.host_work_dir))
-    return DockerFiles(cli, spec, run_python)
+    return DockerFiles(cli, spec, run_listing)
 
 
 def checked_output(exit_code: int | None, capture: OutputCapture, container: str) -> bytes:
@@ -203,8 +204,8 @@ def _send(source: Source, fd: int, size: int) -> int:
 class DockerFiles:
     """Files of a container's own (unmounted) work dir, through ``docker cp``."""
 
-    def __init__(self, cli: DockerCLI, spec: ContainerSpec, run_python: RunPython) -> None:
-        self._cli, self._spec, self._run_python = cli, spec, run_python
+    def __init__(self, cli: DockerCLI, spec: ContainerSpec, run_listing: RunListing) -> None:
+        self._cli, self._spec, self._run_listing = cli, spec, run_listing
 
     def copy_to(self, host_path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> list[str]:
         """Stream a host file or directory into the work dir as tar; return the work-dir-relative names."""
@@ -308,8 +309,7 @@ class DockerFiles:
         def listing(skip: Collection[str]) -> tuple[list[str], bool]:
             sent = time.monotonic()
             window = int((sent - start + WINDOW_SLACK) * 1e9)
-            args = ["-I", "-S", "-c", listing_source(), str(window), str(MAX_LISTED * 4), json.dumps(sorted(skip))]
-            report = json.loads(self._run_python(args))
+            report = json.loads(self._run_listing([str(window), str(MAX_LISTED * 4), json.dumps(sorted(skip))]))
             # A file changed during the call is at most this old when the listing read the clock.
             oldest = int((time.monotonic() - start) * 1e9) + TICK_NS
             found = [name for name, age in report["files"] if age <= oldest]

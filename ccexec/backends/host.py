@@ -35,6 +35,7 @@ SUPERVISOR_MODULES = (
     "_workdir.py",
     "_inotify.py",
     "_scrubber.py",
+    "_listing.py",
     "_tree.py",
     "_forkserver.py",
     "_supervisor.py",
